@@ -1,0 +1,175 @@
+//! Wiring: connect the database and migrate it, open the store and Docker, build the
+//! one `AppState`, and serve every role on a listener handed in, until shutdown.
+//!
+//! ```text
+//!   TcpListener ──► app::router ──Host──► base_domain ──► api::router (+ UI)
+//!                                    └──► other hosts ──► proxy::router
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use object_store::ObjectStore;
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::api::error::ApiError;
+use crate::auth::LoginLimiter;
+use crate::config::{Config, RunnerKind};
+use crate::metrics::Metrics;
+use crate::proxy::host::{self, Target};
+use crate::proxy::routes::RouteTable;
+
+/// Everything a request handler or background task needs, built once.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    pub store: Arc<dyn ObjectStore>,
+    /// Set when this process runs builds on Docker; `/readyz` pings it.
+    pub docker: Option<bollard::Docker>,
+    pub routes: Arc<RouteTable>,
+    pub metrics: Arc<Metrics>,
+    pub login_limiter: Arc<LoginLimiter>,
+    /// Wakes this process's build workers when a deployment is queued here.
+    pub queue_wakeup: Arc<Notify>,
+    /// The scheme and port part of every URL handed out (`http://`, `:8080`).
+    url_parts: Arc<(String, String)>,
+}
+
+impl AppState {
+    /// Connects and migrates the database, opens the store and Docker, loads routes.
+    pub async fn build(config: Config) -> anyhow::Result<AppState> {
+        let db = crate::db::connect_and_migrate(&config.database.url)
+            .await
+            .with_context(|| format!("database.url: cannot open {}", redact(&config.database.url)))?;
+        let store = crate::storage::open(&config.storage.url)?;
+        let docker = if config.builder.concurrency > 0 && config.builder.runner == RunnerKind::Docker
+        {
+            Some(connect_docker(&config.builder.docker_host)?)
+        } else {
+            None
+        };
+        let public = url::Url::parse(&config.server.public_url).context("server.public_url")?;
+        let port = public.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let url_parts = Arc::new((format!("{}://", public.scheme()), port));
+        let routes = Arc::new(RouteTable::default());
+        routes.reload(&db).await.context("loading the route table")?;
+        Ok(AppState {
+            config: Arc::new(config),
+            db,
+            store,
+            docker,
+            routes,
+            metrics: Arc::new(Metrics::default()),
+            login_limiter: Arc::new(LoginLimiter::default()),
+            queue_wakeup: Arc::new(Notify::new()),
+            url_parts,
+        })
+    }
+
+    /// The full URL of a hostname label: `http://<label>.<base_domain>:8080`.
+    pub fn site_url(&self, label: &str) -> String {
+        let (scheme, port) = self.url_parts.as_ref();
+        format!("{scheme}{label}.{}{port}", self.config.server.base_domain)
+    }
+
+    /// Called after a write to the domains table: brings the route table up to date.
+    pub async fn routes_changed(&self) {
+        if let Err(e) = self.routes.reload(&self.db).await {
+            tracing::error!(error = %e, "route table reload failed; the periodic reload will retry");
+        }
+    }
+
+    /// Called after a deployment is queued, so an idle worker here starts at once.
+    pub fn deployment_queued(&self) {
+        self.queue_wakeup.notify_waiters();
+    }
+
+    /// Called after a deployment is canceled through this process.
+    pub fn deployment_canceled(&self, _deployment_id: &str) {
+        self.queue_wakeup.notify_waiters();
+    }
+}
+
+fn connect_docker(docker_host: &str) -> anyhow::Result<bollard::Docker> {
+    let docker = if docker_host.is_empty() {
+        bollard::Docker::connect_with_defaults()
+    } else if docker_host.starts_with("unix://") || docker_host.starts_with('/') {
+        bollard::Docker::connect_with_unix(docker_host, 120, bollard::API_DEFAULT_VERSION)
+    } else {
+        bollard::Docker::connect_with_http(docker_host, 120, bollard::API_DEFAULT_VERSION)
+    };
+    docker.context("builder.docker_host: cannot set up the Docker client")
+}
+
+/// A database URL with its password replaced, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The one router of the listener: the dashboard for `base_domain`, the proxy for
+/// every other host, 400 for a host that cannot be trusted.
+pub fn router(state: AppState) -> Router {
+    let dashboard = crate::api::router(state.clone());
+    let sites = crate::proxy::router(state.clone());
+    let base = state.config.server.base_domain.clone();
+    let dispatch = move |req: Request| {
+        let (dashboard, sites, base) = (dashboard.clone(), sites.clone(), base.clone());
+        async move {
+            match host::classify(req.headers(), req.uri(), &base) {
+                Ok(Target::Dashboard) => dashboard.oneshot(req).await.into_response(),
+                Ok(Target::Site(_) | Target::Elsewhere) => sites.oneshot(req).await.into_response(),
+                Err(e) => ApiError::BadRequest {
+                    code: "bad_host",
+                    message: e.to_string(),
+                }
+                .into_response(),
+            }
+        }
+    };
+    Router::new().fallback(dispatch)
+}
+
+/// Serves `state` on `listener` until `shutdown` is cancelled, then lets requests in
+/// flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, base_domain = %state.config.server.base_domain, "listening");
+    let app = router(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await?;
+    Ok(())
+}
+
+/// `scalemesh serve`: every role in one process on `server.listen`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let addr = config.listen_addr()?;
+    let state = AppState::build(config).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("server.listen: cannot listen on {addr}"))?;
+    serve(listener, state, shutdown).await
+}
+
