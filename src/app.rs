@@ -49,19 +49,24 @@ impl AppState {
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
         let db = crate::db::connect_and_migrate(&config.database.url)
             .await
-            .with_context(|| format!("database.url: cannot open {}", redact(&config.database.url)))?;
+            .with_context(|| {
+                format!("database.url: cannot open {}", redact(&config.database.url))
+            })?;
         let store = crate::storage::open(&config.storage.url)?;
-        let docker = if config.builder.concurrency > 0 && config.builder.runner == RunnerKind::Docker
-        {
-            Some(connect_docker(&config.builder.docker_host)?)
-        } else {
-            None
-        };
+        let docker =
+            if config.builder.concurrency > 0 && config.builder.runner == RunnerKind::Docker {
+                Some(connect_docker(&config.builder.docker_host)?)
+            } else {
+                None
+            };
         let public = url::Url::parse(&config.server.public_url).context("server.public_url")?;
         let port = public.port().map(|p| format!(":{p}")).unwrap_or_default();
         let url_parts = Arc::new((format!("{}://", public.scheme()), port));
         let routes = Arc::new(RouteTable::default());
-        routes.reload(&db).await.context("loading the route table")?;
+        routes
+            .reload(&db)
+            .await
+            .context("loading the route table")?;
         Ok(AppState {
             config: Arc::new(config),
             db,
@@ -172,4 +177,3 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("server.listen: cannot listen on {addr}"))?;
     serve(listener, state, shutdown).await
 }
-

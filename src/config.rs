@@ -197,12 +197,12 @@ impl Config {
         path: Option<&Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let mut tree: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigError::Syntax {
-                path: path.unwrap_or(Path::new("<text>")).to_path_buf(),
-                message: e.message().to_string(),
-            }
-        })?;
+        let mut tree: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.unwrap_or(Path::new("<text>")).to_path_buf(),
+                    message: e.message().to_string(),
+                })?;
         let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
         for (name, raw) in env {
             apply_env(&mut tree, &defaults, name, raw)?;
@@ -215,7 +215,11 @@ impl Config {
     /// Fills the derived defaults and checks what serde cannot.
     fn resolved(mut self) -> Result<Config, ConfigError> {
         self.listen_addr()?;
-        let base = self.server.base_domain.trim_end_matches('.').to_ascii_lowercase();
+        let base = self
+            .server
+            .base_domain
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         if base.is_empty() || base.split('.').any(|l| !crate::names::is_dns_label(l)) {
             return Err(ConfigError::key(
                 "server.base_domain",
@@ -223,9 +227,8 @@ impl Config {
             ));
         }
         self.server.base_domain = base;
-        let public = url::Url::parse(&self.server.public_url).map_err(|e| {
-            ConfigError::key("server.public_url", format!("not a URL ({e})"))
-        })?;
+        let public = url::Url::parse(&self.server.public_url)
+            .map_err(|e| ConfigError::key("server.public_url", format!("not a URL ({e})")))?;
         if !matches!(public.scheme(), "http" | "https") || public.host_str().is_none() {
             return Err(ConfigError::key(
                 "server.public_url",
@@ -268,7 +271,10 @@ impl Config {
         }
         let b = &self.builder;
         if b.timeout_secs == 0 {
-            return Err(ConfigError::key("builder.timeout_secs", "must be at least 1"));
+            return Err(ConfigError::key(
+                "builder.timeout_secs",
+                "must be at least 1",
+            ));
         }
         if b.memory_mb < 64 {
             return Err(ConfigError::key("builder.memory_mb", "must be at least 64"));
@@ -277,7 +283,10 @@ impl Config {
             return Err(ConfigError::key("builder.cpus", "must be above 0"));
         }
         if b.default_image.trim().is_empty() {
-            return Err(ConfigError::key("builder.default_image", "must not be empty"));
+            return Err(ConfigError::key(
+                "builder.default_image",
+                "must not be empty",
+            ));
         }
         if self.server.request_timeout_secs == 0 {
             return Err(ConfigError::key(
@@ -293,7 +302,10 @@ impl Config {
         self.server.listen.parse().map_err(|_| {
             ConfigError::key(
                 "server.listen",
-                format!("'{}' is not an address like 127.0.0.1:8080", self.server.listen),
+                format!(
+                    "'{}' is not an address like 127.0.0.1:8080",
+                    self.server.listen
+                ),
             )
         })
     }
@@ -325,10 +337,15 @@ fn apply_env(
             "unknown key",
         ));
     };
-    let bad = |what: &str| ConfigError::key(&dotted, format!("'{raw}' is not {what} (from {name})"));
+    let bad =
+        |what: &str| ConfigError::key(&dotted, format!("'{raw}' is not {what} (from {name})"));
     let value = match default {
-        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?),
-        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?)
+        }
+        toml::Value::Float(_) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?)
+        }
         toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
             "true" | "1" => true,
             "false" | "0" => false,
@@ -344,7 +361,10 @@ fn apply_env(
             t.insert(key, value);
             Ok(())
         }
-        None => Err(ConfigError::key(&dotted, "its section is not a table in the file")),
+        None => Err(ConfigError::key(
+            &dotted,
+            "its section is not a table in the file",
+        )),
     }
 }
 
@@ -394,7 +414,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9100", "env wins over the file");
-        assert_eq!(c.server.base_domain, "file.test", "file wins over the default");
+        assert_eq!(
+            c.server.base_domain, "file.test",
+            "file wins over the default"
+        );
         assert_eq!(c.builder.timeout_secs, 900, "default stays");
         let c = Config::from_sources(
             "",
@@ -417,8 +440,9 @@ mod tests {
         assert!(err("[server]\nlisten = \"nonsense\"\n", &[]).contains("server.listen"));
         assert!(err("[server]\nlisten_port = 1\n", &[]).contains("listen_port"));
         assert!(err("[nosuch]\nx = 1\n", &[]).contains("nosuch"));
-        assert!(err("", &[("SCALEMESH_BUILDER__CONCURRENCY", "many")])
-            .contains("builder.concurrency"));
+        assert!(
+            err("", &[("SCALEMESH_BUILDER__CONCURRENCY", "many")]).contains("builder.concurrency")
+        );
         assert!(err("", &[("SCALEMESH_BUILDER__NOPE", "1")]).contains("builder.nope"));
         assert!(err("", &[("SCALEMESH_LOGS__BUS", "kafka")]).contains("logs.bus"));
         assert!(err("[database]\nurl = \"mysql://x\"\n", &[]).contains("database.url"));

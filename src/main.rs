@@ -8,7 +8,11 @@ use scalemesh::config::Config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "scalemesh", version, about = "Deploy web apps from git: build, store, serve, stream logs")]
+#[command(
+    name = "scalemesh",
+    version,
+    about = "Deploy web apps from git: build, store, serve, stream logs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

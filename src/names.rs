@@ -9,8 +9,23 @@
 /// Words that cannot be project names: they are, or may become, hostnames of ScaleMesh
 /// itself, or would confuse users for one.
 pub const RESERVED_NAMES: &[&str] = &[
-    "admin", "api", "app", "assets", "auth", "cdn", "dashboard", "docs", "git", "login",
-    "mail", "metrics", "new", "scalemesh", "static", "status", "www",
+    "admin",
+    "api",
+    "app",
+    "assets",
+    "auth",
+    "cdn",
+    "dashboard",
+    "docs",
+    "git",
+    "login",
+    "mail",
+    "metrics",
+    "new",
+    "scalemesh",
+    "static",
+    "status",
+    "www",
 ];
 
 /// Longest project name the API accepts (one DNS label).
@@ -247,9 +262,9 @@ pub fn check_image(image: &str) -> Result<(), String> {
     let ok = !image.is_empty()
         && image.len() <= 255
         && !image.starts_with('-')
-        && image.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b"./:@_-".contains(&b)
-        });
+        && image
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"./:@_-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -267,8 +282,22 @@ mod tests {
             assert!(check_project_name(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "-a", "a-", "A", "my_site", "a.b", "xn--abc", "ab--c", "api", "www", "admin",
-            "a b", "é", &"x".repeat(64), "a;b", "../x",
+            "",
+            "-a",
+            "a-",
+            "A",
+            "my_site",
+            "a.b",
+            "xn--abc",
+            "ab--c",
+            "api",
+            "www",
+            "admin",
+            "a b",
+            "é",
+            &"x".repeat(64),
+            "a;b",
+            "../x",
         ] {
             assert!(check_project_name(bad).is_err(), "{bad}");
         }
@@ -276,10 +305,22 @@ mod tests {
 
     #[test]
     fn git_urls() {
-        assert_eq!(check_git_url("https://github.com/a/b.git", false), Ok(GitUrlKind::Https));
-        assert_eq!(check_git_url("ssh://git@host/a/b", false), Ok(GitUrlKind::Ssh));
-        assert_eq!(check_git_url("git@github.com:a/b.git", false), Ok(GitUrlKind::Ssh));
-        assert_eq!(check_git_url("file:///srv/repo", true), Ok(GitUrlKind::Local));
+        assert_eq!(
+            check_git_url("https://github.com/a/b.git", false),
+            Ok(GitUrlKind::Https)
+        );
+        assert_eq!(
+            check_git_url("ssh://git@host/a/b", false),
+            Ok(GitUrlKind::Ssh)
+        );
+        assert_eq!(
+            check_git_url("git@github.com:a/b.git", false),
+            Ok(GitUrlKind::Ssh)
+        );
+        assert_eq!(
+            check_git_url("file:///srv/repo", true),
+            Ok(GitUrlKind::Local)
+        );
         assert_eq!(check_git_url("/srv/repo", true), Ok(GitUrlKind::Local));
         for bad in [
             "file:///srv/repo",
@@ -310,7 +351,10 @@ mod tests {
         assert_eq!(redact_git_url("https://TOKEN@host/a"), "https://***@host/a");
         assert_eq!(redact_git_url("https://host/a@b"), "https://host/a@b");
         assert_eq!(redact_git_url("ssh://git@host/a"), "ssh://git@host/a");
-        assert_eq!(redact_git_url("ssh://git:pw@host/a"), "ssh://git:***@host/a");
+        assert_eq!(
+            redact_git_url("ssh://git:pw@host/a"),
+            "ssh://git:***@host/a"
+        );
         assert_eq!(redact_git_url("git@host:a/b"), "git@host:a/b");
     }
 
@@ -319,7 +363,20 @@ mod tests {
         for ok in ["main", "feature/x", "v1.2.3", "0123abcd"] {
             assert!(check_git_ref(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-x", "--upload-pack", "a..b", "a b", "a;b~", "/a", "a/", "x.lock", ".a", "a/.b", "a\u{1b}b"] {
+        for bad in [
+            "",
+            "-x",
+            "--upload-pack",
+            "a..b",
+            "a b",
+            "a;b~",
+            "/a",
+            "a/",
+            "x.lock",
+            ".a",
+            "a/.b",
+            "a\u{1b}b",
+        ] {
             assert!(check_git_ref(bad).is_err(), "{bad}");
         }
         assert!(check_env_key("NODE_ENV").is_ok());

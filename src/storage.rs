@@ -50,6 +50,9 @@ pub async fn delete_deployment(store: &dyn ObjectStore, deployment_id: &str) -> 
         .list(Some(&prefix))
         .map_ok(|meta| meta.location)
         .boxed();
-    store.delete_stream(locations).try_collect::<Vec<_>>().await?;
+    store
+        .delete_stream(locations)
+        .try_collect::<Vec<_>>()
+        .await?;
     Ok(())
 }

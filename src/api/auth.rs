@@ -73,11 +73,12 @@ pub fn normalize_email(email: &str) -> ApiResult<String> {
     let email = email.trim().to_lowercase();
     let valid = email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| {
-                !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.contains('@')
-            });
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.contains('@')
+        });
     if valid {
         Ok(email)
     } else {
@@ -169,7 +170,9 @@ async fn signup(
     } else if open {
         created
     } else {
-        user::Entity::delete_by_id(created.id).exec(&state.db).await?;
+        user::Entity::delete_by_id(created.id)
+            .exec(&state.db)
+            .await?;
         return Err(closed());
     };
     let token = auth::create_session(&state.db, user.id).await?;
@@ -222,7 +225,10 @@ async fn login(
 /// Revokes the token that made this request.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = crate::api::error::ErrorBody)))]
-async fn logout(State(state): State<AppState>, CurrentUser(me): CurrentUser) -> ApiResult<StatusCode> {
+async fn logout(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+) -> ApiResult<StatusCode> {
     auth::revoke(&state.db, me.via).await?;
     Ok(StatusCode::NO_CONTENT)
 }

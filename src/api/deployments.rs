@@ -97,7 +97,10 @@ async fn create_deployment(
     let d = queries::queue_deployment(&state.db, p.id, &git_ref, None).await?;
     tracing::info!(project = %p.name, deployment = %d.short_id, %git_ref, "deployment queued");
     state.deployment_queued();
-    Ok((StatusCode::ACCEPTED, Json(DeploymentView::new(&state, d, &p))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DeploymentView::new(&state, d, &p)),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{name}/deployments", tag = "deployments",
@@ -187,5 +190,8 @@ async fn redeploy(
     let new =
         queries::queue_deployment(&state.db, p.id, &d.git_ref, d.commit_sha.as_deref()).await?;
     state.deployment_queued();
-    Ok((StatusCode::ACCEPTED, Json(DeploymentView::new(&state, new, &p))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DeploymentView::new(&state, new, &p)),
+    ))
 }

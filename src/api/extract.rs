@@ -150,8 +150,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() == b"0");
         let has_type = req.headers().contains_key(header::CONTENT_TYPE);
-        if declared_empty || (!has_type && !req.headers().contains_key(header::TRANSFER_ENCODING))
-        {
+        if declared_empty || (!has_type && !req.headers().contains_key(header::TRANSFER_ENCODING)) {
             return Ok(OptionalJson(T::default()));
         }
         ApiJson::from_request(req, state)

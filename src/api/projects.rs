@@ -125,7 +125,9 @@ pub struct ProjectPatch {
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -267,7 +269,10 @@ async fn create_project(
     txn.commit().await?;
     tracing::info!(project = %created.name, "project created");
     let keys = env.keys().cloned().collect();
-    Ok((StatusCode::CREATED, Json(ProjectView::new(&state, created, keys))))
+    Ok((
+        StatusCode::CREATED,
+        Json(ProjectView::new(&state, created, keys)),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/projects", tag = "projects", security(("bearer" = [])),

@@ -5,7 +5,8 @@
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set,
+    TransactionTrait,
 };
 
 use super::{deployment, domain, project};
@@ -39,7 +40,9 @@ pub async fn point(
     deployment_id: &str,
     kind: DomainKind,
 ) -> Result<bool, DbErr> {
-    if let Some(existing) = domain::Entity::find_by_id(hostname.to_string()).one(db).await?
+    if let Some(existing) = domain::Entity::find_by_id(hostname.to_string())
+        .one(db)
+        .await?
         && existing.project_id != project_id
     {
         return Ok(false);

@@ -29,7 +29,10 @@ pub async fn owned_deployment(
     owner_id: i32,
     id: &str,
 ) -> Result<Option<(deployment::Model, project::Model)>, DbErr> {
-    let Some(d) = deployment::Entity::find_by_id(id.to_string()).one(db).await? else {
+    let Some(d) = deployment::Entity::find_by_id(id.to_string())
+        .one(db)
+        .await?
+    else {
         return Ok(None);
     };
     let p = project::Entity::find_by_id(d.project_id)
@@ -83,7 +86,10 @@ pub async fn queue_deployment(
         match row.insert(db).await {
             Err(e)
                 if attempt < 5
-                    && matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) =>
+                    && matches!(
+                        e.sql_err(),
+                        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                    ) =>
             {
                 continue;
             }
@@ -112,7 +118,10 @@ pub async fn cancel_deployment(
             Expr::value(DeploymentStatus::Canceled.as_str()),
         )
         .col_expr(deployment::Column::FinishedAt, Expr::value(Utc::now()))
-        .col_expr(deployment::Column::Error, Expr::value(reason.map(str::to_string)))
+        .col_expr(
+            deployment::Column::Error,
+            Expr::value(reason.map(str::to_string)),
+        )
         .filter(deployment::Column::Id.eq(id))
         .filter(deployment::Column::Status.is_in([
             DeploymentStatus::Queued.as_str(),

@@ -91,7 +91,11 @@ pub fn normalize(raw: &str) -> Result<String, HostError> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
-    if valid { Ok(host) } else { Err(HostError::Invalid) }
+    if valid {
+        Ok(host)
+    } else {
+        Err(HostError::Invalid)
+    }
 }
 
 fn is_port(s: &str) -> bool {
@@ -126,7 +130,10 @@ mod tests {
         assert_eq!(target("evilsm.test"), Ok(Target::Elsewhere));
         assert_eq!(target("127.0.0.1:8080"), Ok(Target::Elsewhere));
         assert_eq!(target("[::1]:8080"), Ok(Target::Elsewhere));
-        assert_eq!(target(&format!("{}.sm.test", "a".repeat(70))), Err(HostError::Invalid));
+        assert_eq!(
+            target(&format!("{}.sm.test", "a".repeat(70))),
+            Err(HostError::Invalid)
+        );
         assert_eq!(target("a b.sm.test"), Err(HostError::Invalid));
         assert_eq!(target("sm.test:80:80"), Err(HostError::Invalid));
         assert_eq!(target(""), Err(HostError::Invalid));
@@ -135,7 +142,10 @@ mod tests {
     #[test]
     fn refuses_ambiguous_requests() {
         let two = with_host(&["a.sm.test", "sm.test"]);
-        assert_eq!(classify(&two, &Uri::from_static("/"), "sm.test"), Err(HostError::Several));
+        assert_eq!(
+            classify(&two, &Uri::from_static("/"), "sm.test"),
+            Err(HostError::Several)
+        );
         let absolute = Uri::from_static("http://other.sm.test/x");
         assert_eq!(
             classify(&with_host(&["sm.test"]), &absolute, "sm.test"),
