@@ -21,6 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::api::error::ApiError;
+use crate::builder::Builder;
+use crate::builder::runner::Runner;
+use crate::builder::runner::docker::DockerRunner;
+use crate::db::DeploymentStatus;
+use crate::logs::memory::MemoryBus;
+use crate::logs::{DeploymentEvent, LogBus, SystemEvent};
 use crate::auth::LoginLimiter;
 use crate::config::{Config, RunnerKind};
 use crate::metrics::Metrics;
@@ -33,8 +39,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
     pub store: Arc<dyn ObjectStore>,
-    /// Set when this process runs builds on Docker; `/readyz` pings it.
-    pub docker: Option<bollard::Docker>,
+    /// Set when this process runs builds; `/readyz` pings its engine.
+    pub runner: Option<Arc<dyn Runner>>,
+    /// Live fan-out of log lines, statuses and system events.
+    pub bus: Arc<dyn LogBus>,
     pub routes: Arc<RouteTable>,
     pub metrics: Arc<Metrics>,
     pub login_limiter: Arc<LoginLimiter>,
@@ -53,12 +61,23 @@ impl AppState {
                 format!("database.url: cannot open {}", redact(&config.database.url))
             })?;
         let store = crate::storage::open(&config.storage.url)?;
-        let docker =
-            if config.builder.concurrency > 0 && config.builder.runner == RunnerKind::Docker {
-                Some(connect_docker(&config.builder.docker_host)?)
-            } else {
-                None
-            };
+        let runner: Option<Arc<dyn Runner>> = if config.builder.concurrency == 0 {
+            None
+        } else {
+            match config.builder.runner {
+                RunnerKind::Docker => {
+                    let docker = connect_docker(&config.builder.docker_host)?;
+                    let node = crate::builder::node_id(&config.server.data_dir)
+                        .context("server.data_dir: cannot keep the node id")?;
+                    Some(Arc::new(DockerRunner::new(docker, &node, &config.builder)))
+                }
+                other => anyhow::bail!(
+                    "builder.runner: '{}' is not available in this build yet; use docker",
+                    format!("{other:?}").to_lowercase()
+                ),
+            }
+        };
+        let bus: Arc<dyn LogBus> = Arc::new(MemoryBus::default());
         let public = url::Url::parse(&config.server.public_url).context("server.public_url")?;
         let port = public.port().map(|p| format!(":{p}")).unwrap_or_default();
         let url_parts = Arc::new((format!("{}://", public.scheme()), port));
@@ -71,7 +90,8 @@ impl AppState {
             config: Arc::new(config),
             db,
             store,
-            docker,
+            runner,
+            bus,
             routes,
             metrics: Arc::new(Metrics::default()),
             login_limiter: Arc::new(LoginLimiter::default()),
@@ -86,21 +106,30 @@ impl AppState {
         format!("{scheme}{label}.{}{port}", self.config.server.base_domain)
     }
 
-    /// Called after a write to the domains table: brings the route table up to date.
+    /// Called after a write to the domains table: brings this process's route table up
+    /// to date and tells the others.
     pub async fn routes_changed(&self) {
         if let Err(e) = self.routes.reload(&self.db).await {
             tracing::error!(error = %e, "route table reload failed; the periodic reload will retry");
         }
+        self.bus.publish_system(SystemEvent::RoutesChanged);
     }
 
-    /// Called after a deployment is queued, so an idle worker here starts at once.
+    /// Called after a deployment is queued, so an idle worker starts at once.
     pub fn deployment_queued(&self) {
         self.queue_wakeup.notify_waiters();
+        self.bus.publish_system(SystemEvent::Queued);
     }
 
-    /// Called after a deployment is canceled through this process.
-    pub fn deployment_canceled(&self, _deployment_id: &str) {
-        self.queue_wakeup.notify_waiters();
+    /// Called after a deployment is canceled: its worker, wherever it is, stops it.
+    pub fn deployment_canceled(&self, deployment_id: &str) {
+        self.bus.publish(
+            deployment_id,
+            DeploymentEvent::Status { status: DeploymentStatus::Canceled },
+        );
+        self.bus.publish_system(SystemEvent::Canceled {
+            deployment_id: deployment_id.to_string(),
+        });
     }
 }
 
@@ -149,22 +178,34 @@ pub fn router(state: AppState) -> Router {
     Router::new().fallback(dispatch)
 }
 
-/// Serves `state` on `listener` until `shutdown` is cancelled, then lets requests in
-/// flight finish.
+/// Runs every role of `state` — HTTP on `listener`, build workers when this process
+/// has a runner — until `shutdown` is cancelled; then lets requests in flight finish
+/// and builds record how they ended.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    let mut background = match state.runner.clone() {
+        Some(runner) => {
+            let node = crate::builder::node_id(&state.config.server.data_dir)?;
+            Builder::new(state.clone(), runner, node)
+                .start(shutdown.clone())
+                .await
+        }
+        None => tokio::task::JoinSet::new(),
+    };
     tracing::info!(%addr, base_domain = %state.config.server.base_domain, "listening");
     let app = router(state);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
     .await?;
+    shutdown.cancel();
+    while background.join_next().await.is_some() {}
     Ok(())
 }
 

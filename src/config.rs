@@ -102,6 +102,10 @@ pub enum LogBusKind {
 pub struct LogsConfig {
     pub bus: LogBusKind,
     pub redis_url: String,
+    /// Lines of build output kept per deployment; later ones are dropped with a notice.
+    pub max_lines: u64,
+    /// Bytes of build output kept per deployment, in MiB.
+    pub max_mb: u64,
 }
 
 impl Default for LogsConfig {
@@ -109,6 +113,8 @@ impl Default for LogsConfig {
         LogsConfig {
             bus: LogBusKind::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            max_lines: 100_000,
+            max_mb: 50,
         }
     }
 }
@@ -143,6 +149,12 @@ pub struct BuilderConfig {
     pub network: BuildNetwork,
     /// Permits `file://` URLs and local paths as git URLs (development and tests).
     pub allow_local_git: bool,
+    /// Most files one deployment's output may hold.
+    pub max_files: u64,
+    /// Largest total size of one deployment's output, in MiB.
+    pub max_output_mb: u64,
+    /// Where workspaces are made; empty: `<data_dir>/builds`.
+    pub work_dir: String,
 }
 
 impl Default for BuilderConfig {
@@ -157,6 +169,9 @@ impl Default for BuilderConfig {
             cpus: 1.0,
             network: BuildNetwork::Bridge,
             allow_local_git: false,
+            max_files: 20_000,
+            max_output_mb: 1024,
+            work_dir: String::new(),
         }
     }
 }
@@ -268,6 +283,11 @@ impl Config {
                 "logs.redis_url",
                 "must be a redis:// or rediss:// URL",
             ));
+        }
+        if self.builder.work_dir.is_empty() {
+            self.builder.work_dir = absolute(&self.server.data_dir.join("builds"))
+                .display()
+                .to_string();
         }
         let b = &self.builder;
         if b.timeout_secs == 0 {

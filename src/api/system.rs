@@ -28,11 +28,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         tracing::warn!(error = %e, "readyz: database does not answer");
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
     }
-    if let Some(docker) = state.docker.as_ref()
-        && let Err(e) = docker.ping().await
+    if let Some(runner) = state.runner.as_ref()
+        && !runner.ping().await
     {
-        tracing::warn!(error = %e, "readyz: docker does not answer");
-        return (StatusCode::SERVICE_UNAVAILABLE, "docker unavailable");
+        tracing::warn!("readyz: the build runner's engine does not answer");
+        return (StatusCode::SERVICE_UNAVAILABLE, "build runner unavailable");
     }
     (StatusCode::OK, "ok")
 }

@@ -72,7 +72,16 @@ pub async fn set_production(
     d: &deployment::Model,
 ) -> Result<(), DbErr> {
     let txn = db.begin().await?;
-    point(&txn, &p.name, p.id, &d.id, DomainKind::Production).await?;
+    move_production(&txn, p, d).await?;
+    txn.commit().await
+}
+
+async fn move_production(
+    db: &impl ConnectionTrait,
+    p: &project::Model,
+    d: &deployment::Model,
+) -> Result<(), DbErr> {
+    point(db, &p.name, p.id, &d.id, DomainKind::Production).await?;
     project::Entity::update_many()
         .col_expr(
             project::Column::ProductionDeploymentId,
@@ -80,7 +89,42 @@ pub async fn set_production(
         )
         .col_expr(project::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(project::Column::Id.eq(p.id))
-        .exec(&txn)
+        .exec(db)
         .await?;
-    txn.commit().await
+    Ok(())
+}
+
+/// The hostnames of a deployment that just became ready (inside the caller's
+/// transaction): `<project>-<short_id>` always; then `<project>` for the production
+/// branch, or `<project>-git-<branch>` for another, unless a newer deployment already
+/// holds it (a slow old build never moves an alias backwards).
+pub async fn allocate_ready(
+    db: &impl ConnectionTrait,
+    p: &project::Model,
+    d: &deployment::Model,
+) -> Result<(), DbErr> {
+    let own = crate::names::deployment_label(&p.name, &d.short_id);
+    if !point(db, &own, p.id, &d.id, DomainKind::Deployment).await? {
+        tracing::warn!(hostname = %own, "hostname held by another project; not allocated");
+    }
+    let alias = if d.git_ref == p.production_branch {
+        p.name.clone()
+    } else {
+        crate::names::branch_label(&p.name, &d.git_ref)
+    };
+    if let Some(current) = domain::Entity::find_by_id(alias.clone()).one(db).await?
+        && current.project_id == p.id
+        && let Some(holder) = deployment::Entity::find_by_id(current.deployment_id).one(db).await?
+        && holder.created_at > d.created_at
+    {
+        return Ok(());
+    }
+    if d.git_ref == p.production_branch {
+        move_production(db, p, d).await
+    } else {
+        if !point(db, &alias, p.id, &d.id, DomainKind::Branch).await? {
+            tracing::warn!(hostname = %alias, "hostname held by another project; not allocated");
+        }
+        Ok(())
+    }
 }

@@ -93,9 +93,35 @@ pub async fn queue_deployment(
             {
                 continue;
             }
-            other => return other,
+            Ok(new) => {
+                supersede(db, &new).await?;
+                return Ok(new);
+            }
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// Cancels the queued deployments of the same project and ref that `newer` replaces.
+async fn supersede(db: &impl ConnectionTrait, newer: &deployment::Model) -> Result<u64, DbErr> {
+    let res = deployment::Entity::update_many()
+        .col_expr(
+            deployment::Column::Status,
+            Expr::value(DeploymentStatus::Canceled.as_str()),
+        )
+        .col_expr(deployment::Column::FinishedAt, Expr::value(Utc::now()))
+        .col_expr(
+            deployment::Column::Error,
+            Expr::value(format!("superseded by {}", newer.short_id)),
+        )
+        .filter(deployment::Column::ProjectId.eq(newer.project_id))
+        .filter(deployment::Column::GitRef.eq(&newer.git_ref))
+        .filter(deployment::Column::Status.eq(DeploymentStatus::Queued.as_str()))
+        .filter(deployment::Column::Id.ne(&newer.id))
+        .filter(deployment::Column::CreatedAt.lte(newer.created_at))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
 }
 
 fn new_short_id() -> String {

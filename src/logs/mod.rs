@@ -1,2 +1,97 @@
-//! Build logs: persisted with sequence numbers, fanned out on a `LogBus`, streamed
-//! over SSE (the logs issue fills this in).
+//! Build logs: every line persisted with a gapless sequence number, and fanned out live
+//! on a [`LogBus`] to whoever watches (the SSE stream, other processes).
+//!
+//! # Layout
+//! - `sanitize.rs`: what raw output becomes before it is stored.
+//! - `writer.rs`: [`LogWriter`], one per running build: numbers, publishes, persists.
+//! - `memory.rs`: the in-process bus, the embedded default.
+//!
+//! The database is never skipped and publishing never waits on it: a line is published
+//! at once and written in batches; a deployment reaches a final status only after its
+//! writer has flushed, so "finished" means "every line is in the database".
+
+pub mod memory;
+pub mod sanitize;
+pub mod writer;
+
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::db::DeploymentStatus;
+
+pub use writer::LogWriter;
+
+/// Which output a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    /// Written by ScaleMesh itself: steps, plan, upload summary, the result.
+    System,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Stream {
+        match s {
+            "stdout" => Stream::Stdout,
+            "stderr" => Stream::Stderr,
+            _ => Stream::System,
+        }
+    }
+}
+
+/// One stored line of a build log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogLine {
+    pub seq: i64,
+    pub ts: DateTime<Utc>,
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// What the bus carries for one deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DeploymentEvent {
+    Line(LogLine),
+    Status { status: DeploymentStatus },
+}
+
+/// What the bus carries for every process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SystemEvent {
+    /// The domains table changed: reload the route table.
+    RoutesChanged,
+    /// A deployment was queued: idle workers may claim it.
+    Queued,
+    /// A deployment was canceled: its worker stops the build.
+    Canceled { deployment_id: String },
+}
+
+/// Fan-out of live events. Delivery is best effort (the database holds the truth), and
+/// a slow subscriber never slows a publisher: it misses events and notices the gap.
+#[async_trait::async_trait]
+pub trait LogBus: Send + Sync {
+    /// Sends an event to the current subscribers of `deployment_id`. Never blocks.
+    fn publish(&self, deployment_id: &str, event: DeploymentEvent);
+
+    /// Events of `deployment_id` published from now on.
+    async fn subscribe(&self, deployment_id: &str) -> anyhow::Result<BoxStream<'static, DeploymentEvent>>;
+
+    /// Sends an event to every process. Never blocks.
+    fn publish_system(&self, event: SystemEvent);
+
+    /// System events published from now on.
+    async fn subscribe_system(&self) -> anyhow::Result<BoxStream<'static, SystemEvent>>;
+}
