@@ -21,14 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::api::error::ApiError;
+use crate::auth::LoginLimiter;
 use crate::builder::Builder;
 use crate::builder::runner::Runner;
 use crate::builder::runner::docker::DockerRunner;
+use crate::config::{Config, RunnerKind};
 use crate::db::DeploymentStatus;
 use crate::logs::memory::MemoryBus;
 use crate::logs::{DeploymentEvent, LogBus, SystemEvent};
-use crate::auth::LoginLimiter;
-use crate::config::{Config, RunnerKind};
 use crate::metrics::Metrics;
 use crate::proxy::host::{self, Target};
 use crate::proxy::routes::RouteTable;
@@ -125,7 +125,9 @@ impl AppState {
     pub fn deployment_canceled(&self, deployment_id: &str) {
         self.bus.publish(
             deployment_id,
-            DeploymentEvent::Status { status: DeploymentStatus::Canceled },
+            DeploymentEvent::Status {
+                status: DeploymentStatus::Canceled,
+            },
         );
         self.bus.publish_system(SystemEvent::Canceled {
             deployment_id: deployment_id.to_string(),

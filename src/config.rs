@@ -284,11 +284,6 @@ impl Config {
                 "must be a redis:// or rediss:// URL",
             ));
         }
-        if self.builder.work_dir.is_empty() {
-            self.builder.work_dir = absolute(&self.server.data_dir.join("builds"))
-                .display()
-                .to_string();
-        }
         let b = &self.builder;
         if b.timeout_secs == 0 {
             return Err(ConfigError::key(
@@ -315,6 +310,15 @@ impl Config {
             ));
         }
         Ok(self)
+    }
+
+    /// Where build workspaces are made (`builder.work_dir`, else `<data_dir>/builds`).
+    pub fn work_dir(&self) -> PathBuf {
+        if self.builder.work_dir.is_empty() {
+            absolute(&self.server.data_dir.join("builds"))
+        } else {
+            PathBuf::from(&self.builder.work_dir)
+        }
     }
 
     /// The parsed `server.listen`.

@@ -45,6 +45,9 @@ pub struct DeploymentView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// For a queued deployment: 1 when it is the next to start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
 }
 
 impl DeploymentView {
@@ -63,7 +66,25 @@ impl DeploymentView {
             started_at: d.started_at,
             finished_at: d.finished_at,
             error: d.error,
+            queue_position: None,
         }
+    }
+
+    /// The view with the queue position filled in for a queued deployment.
+    pub async fn with_position(
+        state: &AppState,
+        d: deployment::Model,
+        p: &project::Model,
+    ) -> ApiResult<DeploymentView> {
+        let position = if d.status() == DeploymentStatus::Queued {
+            Some(crate::builder::queue::position(&state.db, &d).await?)
+        } else {
+            None
+        };
+        Ok(DeploymentView {
+            queue_position: position,
+            ..DeploymentView::new(state, d, p)
+        })
     }
 }
 
@@ -145,7 +166,7 @@ async fn get_deployment(
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentView>> {
     let (d, p) = find_deployment(&state, me.user.id, &id).await?;
-    Ok(Json(DeploymentView::new(&state, d, &p)))
+    Ok(Json(DeploymentView::with_position(&state, d, &p).await?))
 }
 
 /// Cancels a queued or building deployment.

@@ -135,7 +135,8 @@ impl Builder {
                 };
                 match event {
                     Some(SystemEvent::Canceled { deployment_id }) => {
-                        if let Some(token) = self.running.lock().expect("lock").get(&deployment_id) {
+                        if let Some(token) = self.running.lock().expect("lock").get(&deployment_id)
+                        {
                             token.cancel();
                         }
                     }
@@ -177,7 +178,8 @@ impl Builder {
     /// lapsed yet.
     async fn reap(&self, restart: bool) {
         let prefix = format!("{}/", self.node_id);
-        let found = match queue::abandoned(&self.state.db, restart.then_some(prefix.as_str())).await {
+        let found = match queue::abandoned(&self.state.db, restart.then_some(prefix.as_str())).await
+        {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, "looking for abandoned builds failed");
@@ -185,10 +187,17 @@ impl Builder {
             }
         };
         for d in found {
-            if d.claimed_by.as_deref().is_some_and(|by| by.starts_with(&self.run_id)) {
+            if d.claimed_by
+                .as_deref()
+                .is_some_and(|by| by.starts_with(&self.run_id))
+            {
                 continue;
             }
-            let message = if restart && d.claimed_by.as_deref().is_some_and(|b| b.starts_with(&prefix)) {
+            let message = if restart
+                && d.claimed_by
+                    .as_deref()
+                    .is_some_and(|b| b.starts_with(&prefix))
+            {
                 "interrupted: the server restarted"
             } else {
                 "interrupted: its build worker stopped renewing the lease"
@@ -203,10 +212,17 @@ impl Builder {
             match queue::fail_abandoned(&self.state.db, &d, message).await {
                 Ok(true) => {
                     tracing::warn!(deployment = %d.short_id, "{message}");
-                    self.state.bus.publish(&d.id, DeploymentEvent::Status { status: DeploymentStatus::Failed });
+                    self.state.bus.publish(
+                        &d.id,
+                        DeploymentEvent::Status {
+                            status: DeploymentStatus::Failed,
+                        },
+                    );
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(deployment = %d.short_id, error = %e, "could not fail abandoned build"),
+                Err(e) => {
+                    tracing::warn!(deployment = %d.short_id, error = %e, "could not fail abandoned build")
+                }
             }
         }
     }
@@ -217,7 +233,10 @@ impl Builder {
             self.state.db.clone(),
             self.state.bus.clone(),
             deployment_id,
-            LogLimits { max_lines: c.max_lines, max_bytes: c.max_mb * 1024 * 1024 },
+            LogLimits {
+                max_lines: c.max_lines,
+                max_bytes: c.max_mb * 1024 * 1024,
+            },
         )
         .await
     }
@@ -232,9 +251,17 @@ impl Builder {
                 return;
             }
         };
-        self.state.bus.publish(&d.id, DeploymentEvent::Status { status: DeploymentStatus::Building });
+        self.state.bus.publish(
+            &d.id,
+            DeploymentEvent::Status {
+                status: DeploymentStatus::Building,
+            },
+        );
         let cancel = CancellationToken::new();
-        self.running.lock().expect("lock").insert(d.id.clone(), cancel.clone());
+        self.running
+            .lock()
+            .expect("lock")
+            .insert(d.id.clone(), cancel.clone());
         let done = CancellationToken::new();
         let renewer = tokio::spawn(renew_lease(
             self.state.db.clone(),
@@ -290,7 +317,10 @@ impl Builder {
             }
             Err(Stop::Interrupted) => {
                 writer.system("Build interrupted: the server is stopping");
-                (DeploymentStatus::Failed, Some("interrupted: the server was stopped".to_string()))
+                (
+                    DeploymentStatus::Failed,
+                    Some("interrupted: the server was stopped".to_string()),
+                )
             }
         };
         writer.finish().await;
@@ -307,7 +337,9 @@ impl Builder {
         match outcome {
             Ok(true) => {
                 tracing::info!(deployment = %d.short_id, status = status.as_str(), "build ended");
-                self.state.bus.publish(&d.id, DeploymentEvent::Status { status });
+                self.state
+                    .bus
+                    .publish(&d.id, DeploymentEvent::Status { status });
                 if status == DeploymentStatus::Ready {
                     self.state.routes_changed().await;
                 }
@@ -322,13 +354,18 @@ impl Builder {
                     .flatten()
                     .map(|row| row.status());
                 if let Some(status) = final_status {
-                    self.state.bus.publish(&d.id, DeploymentEvent::Status { status });
+                    self.state
+                        .bus
+                        .publish(&d.id, DeploymentEvent::Status { status });
                 }
                 if result.is_ok() {
-                    let _ = crate::storage::delete_deployment(self.state.store.as_ref(), &d.id).await;
+                    let _ =
+                        crate::storage::delete_deployment(self.state.store.as_ref(), &d.id).await;
                 }
             }
-            Err(e) => tracing::error!(deployment = %d.short_id, error = %e, "cannot record the end of a build"),
+            Err(e) => {
+                tracing::error!(deployment = %d.short_id, error = %e, "cannot record the end of a build")
+            }
         }
     }
 
@@ -365,7 +402,7 @@ impl Builder {
             .await
             .map_err(|e| Stop::Failed(format!("cannot read the project: {e}")))?
             .ok_or_else(|| Stop::Failed("the project was deleted".into()))?;
-        let ws = Workspace::create(std::path::Path::new(&config.work_dir))
+        let ws = Workspace::create(&self.state.config.work_dir())
             .map_err(|e| Stop::Failed(format!("cannot create the workspace: {e}")))?;
 
         // Source.
@@ -375,8 +412,12 @@ impl Builder {
             d.git_ref
         ));
         let fetched = {
-            let (url, git_ref, pinned, dest) =
-                (p.git_url.clone(), d.git_ref.clone(), d.commit_sha.clone(), ws.src());
+            let (url, git_ref, pinned, dest) = (
+                p.git_url.clone(),
+                d.git_ref.clone(),
+                d.commit_sha.clone(),
+                ws.src(),
+            );
             let allow = config.allow_local_git;
             let job = tokio::task::spawn_blocking(move || {
                 source::fetch(&url, &git_ref, pinned.as_deref(), &dest, allow)
@@ -404,10 +445,11 @@ impl Builder {
         }
 
         // Build.
-        let steps: Vec<(&'static str, String)> = [("install", &plan.install), ("build", &plan.build)]
-            .into_iter()
-            .filter_map(|(name, c)| c.clone().map(|c| (name, c)))
-            .collect();
+        let steps: Vec<(&'static str, String)> =
+            [("install", &plan.install), ("build", &plan.build)]
+                .into_iter()
+                .filter_map(|(name, c)| c.clone().map(|c| (name, c)))
+                .collect();
         if !steps.is_empty() {
             let env = env_var::Entity::find()
                 .filter(env_var::Column::ProjectId.eq(p.id))
@@ -433,10 +475,16 @@ impl Builder {
                     deployment_id: d.id.clone(),
                     short_id: d.short_id.clone(),
                 };
-                match self.runner.run(ws.root(), &step, log, deadline, cancel).await? {
+                match self
+                    .runner
+                    .run(ws.root(), &step, log, deadline, cancel)
+                    .await?
+                {
                     StepOutcome::Succeeded => {}
                     StepOutcome::Failed { exit_code } => {
-                        return Err(Stop::Failed(format!("{name} command exited with status {exit_code}")));
+                        return Err(Stop::Failed(format!(
+                            "{name} command exited with status {exit_code}"
+                        )));
                     }
                     StepOutcome::OutOfMemory => {
                         return Err(Stop::Failed(format!(
@@ -467,7 +515,9 @@ impl Builder {
         }
         .map_err(|e: UploadError| Stop::Failed(e.to_string()))?;
         for link in &summary.skipped_symlinks {
-            log.system(format!("warning: skipped symlink '{link}' (symlinks are not followed)"));
+            log.system(format!(
+                "warning: skipped symlink '{link}' (symlinks are not followed)"
+            ));
         }
         log.system(format!(
             "Uploaded {} files, {} bytes in {:.2} s",
@@ -478,7 +528,9 @@ impl Builder {
         }
         drop(ws);
         Ok(Ready {
-            url: self.state.site_url(&names::deployment_label(&p.name, &d.short_id)),
+            url: self
+                .state
+                .site_url(&names::deployment_label(&p.name, &d.short_id)),
             files: summary.files,
             bytes: summary.bytes,
             project: p,

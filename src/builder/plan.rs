@@ -29,7 +29,10 @@ pub enum Output {
     Explicit(String),
     /// The first of these (relative to `root_dir`) that exists after the build, else
     /// `root_dir` itself when `or_root`.
-    FirstOf { candidates: Vec<String>, or_root: bool },
+    FirstOf {
+        candidates: Vec<String>,
+        or_root: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +54,10 @@ impl Plan {
         };
         let output = match &self.output {
             Output::Explicit(d) => d.clone(),
-            Output::FirstOf { candidates, or_root } => {
+            Output::FirstOf {
+                candidates,
+                or_root,
+            } => {
                 let mut s = format!("first of {}", candidates.join(", "));
                 if *or_root {
                     s.push_str(", else the root directory");
@@ -67,7 +73,10 @@ impl Plan {
             "  install: {}",
             self.install.as_deref().unwrap_or("(none)")
         ));
-        lines.push(format!("  build: {}", self.build.as_deref().unwrap_or("(none)")));
+        lines.push(format!(
+            "  build: {}",
+            self.build.as_deref().unwrap_or("(none)")
+        ));
         lines.push(format!("  output: {output}"));
         lines
     }
@@ -82,7 +91,11 @@ pub fn plan(p: &project::Model, ws: &Workspace, default_image: &str) -> Result<P
         return Err(format!("root_dir '{}' is not a directory", p.root_dir));
     }
     let join = |name: &str| {
-        let rel = if p.root_dir == "." { name.to_string() } else { format!("{}/{name}", p.root_dir) };
+        let rel = if p.root_dir == "." {
+            name.to_string()
+        } else {
+            format!("{}/{name}", p.root_dir)
+        };
         ws.resolve(&rel)
     };
     let package_json = join("package.json")?;
@@ -98,7 +111,8 @@ pub fn plan(p: &project::Model, ws: &Workspace, default_image: &str) -> Result<P
                 ("pnpm", "pnpm install --frozen-lockfile")
             } else if join("yarn.lock")?.is_some() {
                 ("yarn", "yarn install --frozen-lockfile")
-            } else if join("package-lock.json")?.is_some() || join("npm-shrinkwrap.json")?.is_some() {
+            } else if join("package-lock.json")?.is_some() || join("npm-shrinkwrap.json")?.is_some()
+            {
                 ("npm", "npm ci")
             } else {
                 ("npm", "npm install")
@@ -109,7 +123,9 @@ pub fn plan(p: &project::Model, ws: &Workspace, default_image: &str) -> Result<P
                 _ => "npm run build".to_string(),
             });
             (
-                Framework::Node { package_manager: pm },
+                Framework::Node {
+                    package_manager: pm,
+                },
                 Some(install.to_string()),
                 build,
                 Output::FirstOf {
@@ -119,7 +135,10 @@ pub fn plan(p: &project::Model, ws: &Workspace, default_image: &str) -> Result<P
             )
         }
         None => {
-            let has_build = p.build_command.as_deref().is_some_and(|c| !c.trim().is_empty());
+            let has_build = p
+                .build_command
+                .as_deref()
+                .is_some_and(|c| !c.trim().is_empty());
             let candidates = if has_build {
                 OUTPUT_CANDIDATES.iter().map(|s| s.to_string()).collect()
             } else {
@@ -129,7 +148,10 @@ pub fn plan(p: &project::Model, ws: &Workspace, default_image: &str) -> Result<P
                 Framework::Static,
                 None,
                 None,
-                Output::FirstOf { candidates, or_root: true },
+                Output::FirstOf {
+                    candidates,
+                    or_root: true,
+                },
             )
         }
     };
@@ -152,21 +174,29 @@ pub fn plan(p: &project::Model, ws: &Workspace, default_image: &str) -> Result<P
 /// The output directory after the build, relative to the checkout.
 pub fn resolve_output(plan: &Plan, ws: &Workspace) -> Result<String, String> {
     let under_root = |d: &str| {
-        if plan.root_dir == "." { d.to_string() } else { format!("{}/{d}", plan.root_dir) }
+        if plan.root_dir == "." {
+            d.to_string()
+        } else {
+            format!("{}/{d}", plan.root_dir)
+        }
     };
-    let is_dir = |rel: &str| -> Result<bool, String> {
-        Ok(ws.resolve(rel)?.is_some_and(|p| p.is_dir()))
-    };
+    let is_dir =
+        |rel: &str| -> Result<bool, String> { Ok(ws.resolve(rel)?.is_some_and(|p| p.is_dir())) };
     match &plan.output {
         Output::Explicit(d) => {
             let rel = under_root(d);
             if is_dir(&rel)? {
                 Ok(rel)
             } else {
-                Err(format!("output directory '{d}' does not exist after the build"))
+                Err(format!(
+                    "output directory '{d}' does not exist after the build"
+                ))
             }
         }
-        Output::FirstOf { candidates, or_root } => {
+        Output::FirstOf {
+            candidates,
+            or_root,
+        } => {
             for c in candidates {
                 let rel = under_root(c);
                 if is_dir(&rel)? {

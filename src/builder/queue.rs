@@ -30,7 +30,10 @@ fn lease_end(now: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// Claims the next deployment for `worker`, or `None` when nothing can start now.
-pub async fn claim(db: &impl ConnectionTrait, worker: &str) -> Result<Option<deployment::Model>, DbErr> {
+pub async fn claim(
+    db: &impl ConnectionTrait,
+    worker: &str,
+) -> Result<Option<deployment::Model>, DbErr> {
     let backend = db.get_database_backend();
     let (lock, p) = match backend {
         DatabaseBackend::Postgres => ("FOR UPDATE SKIP LOCKED", ["$1", "$2", "$3"]),
@@ -53,7 +56,14 @@ pub async fn claim(db: &impl ConnectionTrait, worker: &str) -> Result<Option<dep
     match deployment::Entity::find().from_raw_sql(stmt).one(db).await {
         Ok(found) => Ok(found),
         // Another worker won the same project in the same instant: try again later.
-        Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => Ok(None),
+        Err(e)
+            if matches!(
+                e.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -69,7 +79,10 @@ fn ours(id: &str, worker: &str) -> sea_orm::Condition {
 /// (canceled, or reaped after a lease lapsed).
 pub async fn renew(db: &impl ConnectionTrait, id: &str, worker: &str) -> Result<bool, DbErr> {
     let res = deployment::Entity::update_many()
-        .col_expr(deployment::Column::LeaseUntil, Expr::value(lease_end(Utc::now())))
+        .col_expr(
+            deployment::Column::LeaseUntil,
+            Expr::value(lease_end(Utc::now())),
+        )
         .filter(ours(id, worker))
         .exec(db)
         .await?;
@@ -109,11 +122,23 @@ pub async fn finish(
 ) -> Result<bool, DbErr> {
     let res = deployment::Entity::update_many()
         .col_expr(deployment::Column::Status, Expr::value(end.status.as_str()))
-        .col_expr(deployment::Column::Error, Expr::value(end.error.map(str::to_string)))
+        .col_expr(
+            deployment::Column::Error,
+            Expr::value(end.error.map(str::to_string)),
+        )
         .col_expr(deployment::Column::FinishedAt, Expr::value(Utc::now()))
-        .col_expr(deployment::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
-        .col_expr(deployment::Column::FileCount, Expr::value(end.files.map(|n| n as i64)))
-        .col_expr(deployment::Column::TotalBytes, Expr::value(end.bytes.map(|n| n as i64)))
+        .col_expr(
+            deployment::Column::LeaseUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(
+            deployment::Column::FileCount,
+            Expr::value(end.files.map(|n| n as i64)),
+        )
+        .col_expr(
+            deployment::Column::TotalBytes,
+            Expr::value(end.bytes.map(|n| n as i64)),
+        )
         .filter(ours(id, worker))
         .exec(db)
         .await?;
@@ -150,10 +175,16 @@ pub async fn fail_abandoned(
         cond = cond.add(deployment::Column::ClaimedBy.eq(by));
     }
     let res = deployment::Entity::update_many()
-        .col_expr(deployment::Column::Status, Expr::value(DeploymentStatus::Failed.as_str()))
+        .col_expr(
+            deployment::Column::Status,
+            Expr::value(DeploymentStatus::Failed.as_str()),
+        )
         .col_expr(deployment::Column::Error, Expr::value(message))
         .col_expr(deployment::Column::FinishedAt, Expr::value(Utc::now()))
-        .col_expr(deployment::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(
+            deployment::Column::LeaseUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
         .filter(cond)
         .exec(db)
         .await?;

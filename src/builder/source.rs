@@ -48,7 +48,8 @@ pub fn fetch(
     let kind = check_git_url(url, allow_local).map_err(SourceError::Refused)?;
     let shown = redact_git_url(url);
     let (fetch_url, user, password) = split_credentials(url, kind);
-    let repo = Repository::init(dest).map_err(|e| SourceError::Checkout(e.message().to_string()))?;
+    let repo =
+        Repository::init(dest).map_err(|e| SourceError::Checkout(e.message().to_string()))?;
     let mut remote = repo
         .remote_anonymous(&fetch_url)
         .map_err(|e| SourceError::Refused(format!("bad URL {shown}: {}", e.message())))?;
@@ -64,7 +65,11 @@ pub fn fetch(
         ]
     };
     // A pinned commit may be behind the tip: fetch the whole branch history then.
-    let depth = if pinned.is_some() || kind == GitUrlKind::Local { 0 } else { 1 };
+    let depth = if pinned.is_some() || kind == GitUrlKind::Local {
+        0
+    } else {
+        1
+    };
     let mut last_err = None;
     for spec in &refspecs {
         let mut opts = fetch_options(user.clone(), password.clone(), depth);
@@ -113,7 +118,11 @@ pub fn fetch(
     })
 }
 
-fn fetch_options<'a>(user: Option<String>, password: Option<String>, depth: i32) -> FetchOptions<'a> {
+fn fetch_options<'a>(
+    user: Option<String>,
+    password: Option<String>,
+    depth: i32,
+) -> FetchOptions<'a> {
     let mut callbacks = RemoteCallbacks::new();
     let mut tries = 0;
     callbacks.credentials(move |_url, username_from_url, allowed| {
@@ -145,8 +154,11 @@ fn split_credentials(url: &str, kind: GitUrlKind) -> (String, Option<String>, Op
     }
     match url::Url::parse(url) {
         Ok(mut u) if !u.username().is_empty() => {
-            let decode =
-                |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
             let user = decode(u.username());
             let password = u.password().map(decode);
             let _ = u.set_username("");
@@ -167,7 +179,9 @@ fn classify(e: git2::Error, git_ref: &str, shown: &str) -> SourceError {
     {
         return SourceError::RefNotFound(git_ref.to_string());
     }
-    if e.code() == git2::ErrorCode::Auth || e.class() == git2::ErrorClass::Http && lower.contains("401") {
+    if e.code() == git2::ErrorCode::Auth
+        || e.class() == git2::ErrorClass::Http && lower.contains("401")
+    {
         return SourceError::Auth(shown.to_string());
     }
     // Never echo libgit2's text verbatim: it may hold the URL as typed.
@@ -177,5 +191,8 @@ fn classify(e: git2::Error, git_ref: &str, shown: &str) -> SourceError {
 
 /// Removes anything that looks like `user:pass@` from a message.
 fn redact_all(s: &str) -> String {
-    s.split(' ').map(redact_git_url).collect::<Vec<_>>().join(" ")
+    s.split(' ')
+        .map(redact_git_url)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -69,7 +69,11 @@ pub enum UploadError {
 
 /// Where a file of a deployment is stored.
 pub fn file_location(deployment_id: &str, rel: &str) -> StorePath {
-    let mut parts = vec!["deployments".to_string(), deployment_id.to_string(), "files".to_string()];
+    let mut parts = vec![
+        "deployments".to_string(),
+        deployment_id.to_string(),
+        "files".to_string(),
+    ];
     parts.extend(rel.split('/').map(str::to_string));
     StorePath::from_iter(parts)
 }
@@ -85,15 +89,29 @@ pub fn content_type_for(path: &str) -> String {
     let texty = mime.type_() == mime_guess::mime::TEXT
         || matches!(
             essence,
-            "application/javascript" | "application/json" | "application/xml" | "image/svg+xml"
+            "application/javascript"
+                | "application/json"
+                | "application/xml"
+                | "image/svg+xml"
                 | "application/manifest+json"
         );
-    if texty { format!("{essence}; charset=utf-8") } else { essence.to_string() }
+    if texty {
+        format!("{essence}; charset=utf-8")
+    } else {
+        essence.to_string()
+    }
 }
 
 /// Reads the manifest of a deployment.
-pub async fn read_manifest(store: &dyn ObjectStore, deployment_id: &str) -> anyhow::Result<Manifest> {
-    let bytes = store.get(&manifest_location(deployment_id)).await?.bytes().await?;
+pub async fn read_manifest(
+    store: &dyn ObjectStore,
+    deployment_id: &str,
+) -> anyhow::Result<Manifest> {
+    let bytes = store
+        .get(&manifest_location(deployment_id))
+        .await?
+        .bytes()
+        .await?;
     Ok(serde_json::from_slice(&bytes)?)
 }
 
@@ -163,8 +181,14 @@ fn collect(output: &Path, limits: UploadLimits) -> Result<Collected, UploadError
         for entry in entries {
             let entry = entry.map_err(|e| UploadError::Read(e.to_string()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-            let kind = entry.file_type().map_err(|e| UploadError::Read(e.to_string()))?;
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let kind = entry
+                .file_type()
+                .map_err(|e| UploadError::Read(e.to_string()))?;
             if kind.is_symlink() {
                 symlinks.push(rel);
             } else if kind.is_dir() {
@@ -172,7 +196,10 @@ fn collect(output: &Path, limits: UploadLimits) -> Result<Collected, UploadError
                     stack.push((entry.path(), rel));
                 }
             } else if kind.is_file() {
-                let size = entry.metadata().map_err(|e| UploadError::Read(e.to_string()))?.len();
+                let size = entry
+                    .metadata()
+                    .map_err(|e| UploadError::Read(e.to_string()))?
+                    .len();
                 total += size;
                 if files.len() as u64 >= limits.max_files {
                     return Err(UploadError::TooManyFiles(limits.max_files));
@@ -199,7 +226,10 @@ mod tests {
         assert_eq!(content_type_for("a.css"), "text/css; charset=utf-8");
         assert_eq!(content_type_for("logo.png"), "image/png");
         assert_eq!(content_type_for("icon.svg"), "image/svg+xml; charset=utf-8");
-        assert_eq!(content_type_for("data.json"), "application/json; charset=utf-8");
+        assert_eq!(
+            content_type_for("data.json"),
+            "application/json; charset=utf-8"
+        );
         assert_eq!(content_type_for("blob"), "application/octet-stream");
     }
 
@@ -213,23 +243,47 @@ mod tests {
         std::fs::write(out.join("a/.git/config"), "secret").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", out.join("passwd")).unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let limits = UploadLimits { max_files: 10, max_bytes: 1 << 20 };
+        let limits = UploadLimits {
+            max_files: 10,
+            max_bytes: 1 << 20,
+        };
         let summary = upload(store.clone(), "d1", out, limits).await.unwrap();
         assert_eq!(summary.files, 2);
         assert_eq!(summary.bytes, 17);
         assert_eq!(summary.skipped_symlinks, ["passwd"]);
         let manifest = read_manifest(store.as_ref(), "d1").await.unwrap();
-        assert_eq!(manifest.files.keys().collect::<Vec<_>>(), ["a/b.css", "index.html"]);
+        assert_eq!(
+            manifest.files.keys().collect::<Vec<_>>(),
+            ["a/b.css", "index.html"]
+        );
         assert_eq!(
             manifest.files["index.html"].sha256,
             hex::encode(Sha256::digest(b"<h1>hi</h1>"))
         );
-        let body = store.get(&file_location("d1", "a/b.css")).await.unwrap().bytes().await.unwrap();
+        let body = store
+            .get(&file_location("d1", "a/b.css"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         assert_eq!(&body[..], b"body{}");
 
-        let tight = UploadLimits { max_files: 1, max_bytes: 1 << 20 };
-        assert!(matches!(upload(store.clone(), "d2", out, tight).await, Err(UploadError::TooManyFiles(1))));
-        let small = UploadLimits { max_files: 10, max_bytes: 5 };
-        assert!(matches!(upload(store, "d3", out, small).await, Err(UploadError::TooLarge(_))));
+        let tight = UploadLimits {
+            max_files: 1,
+            max_bytes: 1 << 20,
+        };
+        assert!(matches!(
+            upload(store.clone(), "d2", out, tight).await,
+            Err(UploadError::TooManyFiles(1))
+        ));
+        let small = UploadLimits {
+            max_files: 10,
+            max_bytes: 5,
+        };
+        assert!(matches!(
+            upload(store, "d3", out, small).await,
+            Err(UploadError::TooLarge(_))
+        ));
     }
 }

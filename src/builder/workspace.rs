@@ -15,7 +15,9 @@ impl Workspace {
     /// A new, empty workspace under `parent`.
     pub fn create(parent: &Path) -> std::io::Result<Workspace> {
         std::fs::create_dir_all(parent)?;
-        let dir = tempfile::Builder::new().prefix("build-").tempdir_in(parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(parent)?;
         std::fs::create_dir(dir.path().join("src"))?;
         Ok(Workspace { dir })
     }
@@ -48,7 +50,9 @@ pub fn resolve_under(root: &Path, rel: &str) -> Result<Option<PathBuf>, String> 
         }
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!("'{rel}' goes through a symlink, which is not followed"));
+                return Err(format!(
+                    "'{rel}' goes through a symlink, which is not followed"
+                ));
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -67,7 +71,10 @@ mod tests {
         let ws = Workspace::create(&std::env::temp_dir().join("scalemesh-ws-test")).unwrap();
         std::fs::create_dir_all(ws.src().join("app/dist")).unwrap();
         std::os::unix::fs::symlink("/etc", ws.src().join("evil")).unwrap();
-        assert_eq!(ws.resolve("app/dist").unwrap(), Some(ws.src().join("app/dist")));
+        assert_eq!(
+            ws.resolve("app/dist").unwrap(),
+            Some(ws.src().join("app/dist"))
+        );
         assert_eq!(ws.resolve(".").unwrap(), Some(ws.src()));
         assert_eq!(ws.resolve("missing").unwrap(), None);
         assert!(ws.resolve("evil").is_err());

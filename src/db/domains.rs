@@ -114,7 +114,9 @@ pub async fn allocate_ready(
     };
     if let Some(current) = domain::Entity::find_by_id(alias.clone()).one(db).await?
         && current.project_id == p.id
-        && let Some(holder) = deployment::Entity::find_by_id(current.deployment_id).one(db).await?
+        && let Some(holder) = deployment::Entity::find_by_id(current.deployment_id)
+            .one(db)
+            .await?
         && holder.created_at > d.created_at
     {
         return Ok(());

@@ -87,7 +87,10 @@ pub trait LogBus: Send + Sync {
     fn publish(&self, deployment_id: &str, event: DeploymentEvent);
 
     /// Events of `deployment_id` published from now on.
-    async fn subscribe(&self, deployment_id: &str) -> anyhow::Result<BoxStream<'static, DeploymentEvent>>;
+    async fn subscribe(
+        &self,
+        deployment_id: &str,
+    ) -> anyhow::Result<BoxStream<'static, DeploymentEvent>>;
 
     /// Sends an event to every process. Never blocks.
     fn publish_system(&self, event: SystemEvent);

@@ -106,8 +106,14 @@ mod tests {
         assert_eq!(clean_line(b"\x1b[1;32mok\x1b[0m"), "\x1b[1;32mok\x1b[0m");
         assert_eq!(clean_line(b"a\x1b[2Kb\x1b[1Ac"), "abc");
         assert_eq!(clean_line(b"\x1b]0;title\x07text"), "text");
-        assert_eq!(clean_line(b"\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"), "link");
-        assert_eq!(clean_line(b"bell\x07 and \x08backspace"), "bell and backspace");
+        assert_eq!(
+            clean_line(b"\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"),
+            "link"
+        );
+        assert_eq!(
+            clean_line(b"bell\x07 and \x08backspace"),
+            "bell and backspace"
+        );
         assert_eq!(clean_line(b"\x1b[?25lhidden cursor"), "hidden cursor");
         assert_eq!(clean_line(b"tab\there"), "tab\there");
     }
@@ -121,7 +127,10 @@ mod tests {
     #[test]
     fn invalid_utf8_and_html_are_text() {
         assert_eq!(clean_line(b"caf\xc3\xa9 \xff"), "café \u{fffd}");
-        assert_eq!(clean_line(b"<script>alert(1)</script>"), "<script>alert(1)</script>");
+        assert_eq!(
+            clean_line(b"<script>alert(1)</script>"),
+            "<script>alert(1)</script>"
+        );
     }
 
     #[test]

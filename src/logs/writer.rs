@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect, Set};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -177,7 +175,12 @@ async fn write_batch(db: &DatabaseConnection, batch: &mut Vec<log_line::ActiveMo
                 batch.clear();
                 return;
             }
-            Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))) => {
+            Err(e)
+                if matches!(
+                    e.sql_err(),
+                    Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
+                ) =>
+            {
                 // The deployment was deleted with its project: nothing to keep.
                 batch.clear();
                 return;

@@ -181,3 +181,86 @@ pub fn error_code(body: &Value) -> String {
     );
     code.to_string()
 }
+
+pub mod fixtures;
+pub mod images;
+
+/// Polls a deployment until it is finished (or `secs` pass); returns it.
+pub async fn wait_finished(srv: &TestServer, token: &str, id: &str, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let (status, d) = srv
+            .call(
+                Method::GET,
+                &format!("/api/v1/deployments/{id}"),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{d}");
+        if matches!(d["status"].as_str(), Some("ready" | "failed" | "canceled")) {
+            return d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deployment not finished in {secs} s: {d}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls until a deployment has `status`.
+pub async fn wait_status(
+    srv: &TestServer,
+    token: &str,
+    id: &str,
+    status: &str,
+    secs: u64,
+) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let (_, d) = srv
+            .call(
+                Method::GET,
+                &format!("/api/v1/deployments/{id}"),
+                Some(token),
+                None,
+            )
+            .await;
+        if d["status"] == status {
+            return d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deployment not {status} in {secs} s: {d}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The stored log of a deployment, as `stream: text` lines, read from the database.
+pub async fn stored_log(srv: &TestServer, id: &str) -> Vec<(i64, String, String)> {
+    use scalemesh::db::log_line;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+    log_line::Entity::find()
+        .filter(log_line::Column::DeploymentId.eq(id))
+        .order_by_asc(log_line::Column::Seq)
+        .all(&srv.state.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.seq, l.stream, l.text))
+        .collect()
+}
+
+/// IDs of containers carrying `label=value`.
+pub fn containers_with_label(label: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={label}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

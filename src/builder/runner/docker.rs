@@ -51,7 +51,11 @@ impl DockerRunner {
         }
     }
 
-    fn container_body(&self, workspace: &Path, step: &Step) -> Result<ContainerCreateBody, RunnerError> {
+    fn container_body(
+        &self,
+        workspace: &Path,
+        step: &Step,
+    ) -> Result<ContainerCreateBody, RunnerError> {
         let meta = std::fs::metadata(workspace)
             .map_err(|e| RunnerError::Infrastructure(format!("workspace: {e}")))?;
         let mut env: Vec<String> = vec!["CI=1".into(), "HOME=/tmp".into()];
@@ -100,12 +104,21 @@ impl DockerRunner {
     async fn kill(&self, id: &str) {
         let _ = self
             .docker
-            .kill_container(id, Some(KillContainerOptions { signal: "KILL".into() }))
+            .kill_container(
+                id,
+                Some(KillContainerOptions {
+                    signal: "KILL".into(),
+                }),
+            )
             .await;
     }
 
     async fn remove(&self, id: &str) {
-        let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
         if let Err(e) = self.docker.remove_container(id, Some(opts)).await
             && !is_not_found(&e)
         {
@@ -117,7 +130,11 @@ impl DockerRunner {
         let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
         let list = self
             .docker
-            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
             .await
             .map_err(infra)?;
         Ok(list.into_iter().filter_map(|c| c.id).collect())
@@ -144,7 +161,11 @@ impl DockerRunner {
             };
             let buf = pending.entry(is_err).or_default();
             buf.extend_from_slice(&bytes);
-            let stream = if is_err { Stream::Stderr } else { Stream::Stdout };
+            let stream = if is_err {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
                 log.line(stream, &line[..line.len() - 1]);
@@ -156,15 +177,25 @@ impl DockerRunner {
         }
         for (is_err, buf) in pending {
             if !buf.is_empty() {
-                log.line(if is_err { Stream::Stderr } else { Stream::Stdout }, &buf);
+                log.line(
+                    if is_err {
+                        Stream::Stderr
+                    } else {
+                        Stream::Stdout
+                    },
+                    &buf,
+                );
             }
         }
     }
 
     async fn exit_status(&self, id: &str) -> Result<StepOutcome, RunnerError> {
-        let mut wait = self
-            .docker
-            .wait_container(id, Some(WaitContainerOptions { condition: "not-running".into() }));
+        let mut wait = self.docker.wait_container(
+            id,
+            Some(WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        );
         let code = match wait.next().await {
             Some(Ok(r)) => r.status_code,
             Some(Err(DockerError::DockerContainerWaitError { code, .. })) => code,
@@ -182,7 +213,11 @@ impl DockerRunner {
             return Ok(StepOutcome::OutOfMemory);
         }
         let code = state.exit_code.unwrap_or(code);
-        Ok(if code == 0 { StepOutcome::Succeeded } else { StepOutcome::Failed { exit_code: code } })
+        Ok(if code == 0 {
+            StepOutcome::Succeeded
+        } else {
+            StepOutcome::Failed { exit_code: code }
+        })
     }
 }
 
@@ -191,7 +226,13 @@ fn infra(e: DockerError) -> RunnerError {
 }
 
 fn is_not_found(e: &DockerError) -> bool {
-    matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 #[async_trait::async_trait]
@@ -206,7 +247,11 @@ impl Runner for DockerRunner {
             Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
             _ => (image.to_string(), "latest".to_string()),
         };
-        let opts = CreateImageOptions { from_image: Some(name), tag: Some(tag), ..Default::default() };
+        let opts = CreateImageOptions {
+            from_image: Some(name),
+            tag: Some(tag),
+            ..Default::default()
+        };
         let mut pull = self.docker.create_image(Some(opts), None, None);
         let mut last = String::new();
         while let Some(item) = pull.next().await {
@@ -214,7 +259,11 @@ impl Runner for DockerRunner {
                 Ok(info) => {
                     // Byte-level progress of each layer is noise; each new status is not.
                     let Some(status) = info.status else { continue };
-                    if info.progress_detail.as_ref().is_some_and(|p| p.total.is_some()) {
+                    if info
+                        .progress_detail
+                        .as_ref()
+                        .is_some_and(|p| p.total.is_some())
+                    {
                         continue;
                     }
                     let line = match info.id {
@@ -227,7 +276,10 @@ impl Runner for DockerRunner {
                     }
                 }
                 Err(e) => {
-                    return Err(RunnerError::Image { image: image.to_string(), reason: e.to_string() });
+                    return Err(RunnerError::Image {
+                        image: image.to_string(),
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
@@ -235,7 +287,10 @@ impl Runner for DockerRunner {
             .inspect_image(image)
             .await
             .map(|_| ())
-            .map_err(|e| RunnerError::Image { image: image.to_string(), reason: e.to_string() })
+            .map_err(|e| RunnerError::Image {
+                image: image.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     async fn run(
@@ -246,16 +301,31 @@ impl Runner for DockerRunner {
         deadline: Instant,
         cancel: &CancellationToken,
     ) -> Result<StepOutcome, RunnerError> {
-        let name = format!("scalemesh-{}-{}-{}", step.short_id, step.name, &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let name = format!(
+            "scalemesh-{}-{}-{}",
+            step.short_id,
+            step.name,
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
         let body = self.container_body(workspace, step)?;
         let created = self
             .docker
-            .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name),
+                    ..Default::default()
+                }),
+                body,
+            )
             .await
             .map_err(|e| match e {
-                DockerError::DockerResponseServerError { status_code: 404, message } => {
-                    RunnerError::Image { image: step.image.clone(), reason: message }
-                }
+                DockerError::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                } => RunnerError::Image {
+                    image: step.image.clone(),
+                    reason: message,
+                },
                 e => infra(e),
             })?;
         let id = created.id;
@@ -283,7 +353,10 @@ impl Runner for DockerRunner {
     }
 
     async fn remove_deployment(&self, deployment_id: &str) -> Result<(), RunnerError> {
-        for id in self.containers_labelled(&format!("{LABEL_DEPLOYMENT}={deployment_id}")).await? {
+        for id in self
+            .containers_labelled(&format!("{LABEL_DEPLOYMENT}={deployment_id}"))
+            .await?
+        {
             self.kill(&id).await;
             self.remove(&id).await;
         }
@@ -291,7 +364,9 @@ impl Runner for DockerRunner {
     }
 
     async fn remove_node(&self, node_id: &str) -> Result<usize, RunnerError> {
-        let ids = self.containers_labelled(&format!("{LABEL_NODE}={node_id}")).await?;
+        let ids = self
+            .containers_labelled(&format!("{LABEL_NODE}={node_id}"))
+            .await?;
         for id in &ids {
             self.remove(id).await;
         }
