@@ -513,3 +513,69 @@ async fn symlinks_in_the_output_are_skipped() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_share_one_postgres_queue() {
+    images::ensure();
+    let db_url = common::fresh_postgres().await;
+    let shared = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", shared.path().join("artifacts").display());
+    let start = |db_url: String, store: String| {
+        TestServer::start_with(Backend::Sqlite, move |c| {
+            c.database.url = db_url;
+            c.storage.url = store;
+            c.builder.concurrency = 2;
+            c.builder.default_image = images::BUSYBOX.into();
+            c.builder.network = scalemesh::config::BuildNetwork::None;
+        })
+    };
+    let a = start(db_url.clone(), store.clone()).await;
+    let b = start(db_url, store).await;
+    let src = tempfile::tempdir().unwrap();
+    let repo = fixtures::repo(src.path(), &[("index.html", "shared")]);
+    fixtures::branch(&repo, "main-copy");
+    let token = a.signup("dev@example.com").await;
+    let mut ids = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        a.create_project(
+            &token,
+            json!({
+                "name": name, "git_url": format!("file://{}", repo.display()),
+                "build_command": "sleep 2; mkdir -p dist; cp index.html dist/",
+            }),
+        )
+        .await;
+        for git_ref in ["main", "main-copy"] {
+            let (_, d) = b
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/projects/{name}/deployments"),
+                    Some(&token),
+                    Some(json!({"ref": git_ref})),
+                )
+                .await;
+            ids.push(d["id"].as_str().unwrap().to_string());
+        }
+    }
+    for id in &ids {
+        let done = wait_finished(&a, &token, id, 120).await;
+        assert_eq!(done["status"], "ready", "{done}");
+    }
+    use sea_orm::EntityTrait;
+    let rows = scalemesh::db::deployment::Entity::find()
+        .all(&a.state.db)
+        .await
+        .unwrap();
+    let runs: std::collections::BTreeSet<String> = rows
+        .iter()
+        .filter_map(|d| d.claimed_by.as_deref())
+        .map(|w| w.rsplit_once('/').unwrap().0.to_string())
+        .collect();
+    assert_eq!(
+        runs.len(),
+        2,
+        "both servers took builds from the one queue: {runs:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}

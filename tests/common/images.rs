@@ -21,7 +21,7 @@ pub fn ensure() {
         return;
     }
     if !exists(BUSYBOX) {
-        import(BUSYBOX, |root| busybox_tree(root));
+        import(BUSYBOX, busybox_tree);
     }
     if !exists(NODE) {
         import(NODE, |root| {
