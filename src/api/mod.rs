@@ -9,6 +9,7 @@ pub mod auth;
 pub mod deployments;
 pub mod error;
 pub mod extract;
+pub mod logs;
 pub mod projects;
 pub mod system;
 
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(projects::router())
         .merge(deployments::router())
+        .merge(logs::router())
         .merge(system::router())
         .split_for_parts();
     let openapi = Arc::new(openapi);

@@ -5,13 +5,16 @@
 //! - `sanitize.rs`: what raw output becomes before it is stored.
 //! - `writer.rs`: [`LogWriter`], one per running build: numbers, publishes, persists.
 //! - `memory.rs`: the in-process bus, the embedded default.
+//! - `history.rs`: reading stored lines. `stream.rs`: the SSE stream of one deployment.
 //!
 //! The database is never skipped and publishing never waits on it: a line is published
 //! at once and written in batches; a deployment reaches a final status only after its
 //! writer has flushed, so "finished" means "every line is in the database".
 
+pub mod history;
 pub mod memory;
 pub mod sanitize;
+pub mod stream;
 pub mod writer;
 
 use chrono::{DateTime, Utc};
