@@ -220,7 +220,7 @@ async fn resume_from_the_middle_without_gap_or_duplicate() {
     let last_id: i64 = seen
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
-        .last()
+        .next_back()
         .unwrap()
         .parse()
         .unwrap();
