@@ -25,9 +25,10 @@ use crate::auth::LoginLimiter;
 use crate::builder::Builder;
 use crate::builder::runner::Runner;
 use crate::builder::runner::docker::DockerRunner;
-use crate::config::{Config, RunnerKind};
+use crate::config::{Config, LogBusKind, RunnerKind};
 use crate::db::DeploymentStatus;
 use crate::logs::memory::MemoryBus;
+use crate::logs::redis::RedisBus;
 use crate::logs::{DeploymentEvent, LogBus, SystemEvent};
 use crate::metrics::Metrics;
 use crate::proxy::host::{self, Target};
@@ -77,7 +78,10 @@ impl AppState {
                 ),
             }
         };
-        let bus: Arc<dyn LogBus> = Arc::new(MemoryBus::default());
+        let bus: Arc<dyn LogBus> = match config.logs.bus {
+            LogBusKind::Memory => Arc::new(MemoryBus::default()),
+            LogBusKind::Redis => Arc::new(RedisBus::connect(&config.logs.redis_url)?),
+        };
         let public = url::Url::parse(&config.server.public_url).context("server.public_url")?;
         let port = public.port().map(|p| format!(":{p}")).unwrap_or_default();
         let url_parts = Arc::new((format!("{}://", public.scheme()), port));

@@ -4,7 +4,7 @@
 //! # Layout
 //! - `sanitize.rs`: what raw output becomes before it is stored.
 //! - `writer.rs`: [`LogWriter`], one per running build: numbers, publishes, persists.
-//! - `memory.rs`: the in-process bus, the embedded default.
+//! - `memory.rs`: the in-process bus, the embedded default. `redis.rs`: across processes.
 //! - `history.rs`: reading stored lines. `stream.rs`: the SSE stream of one deployment.
 //!
 //! The database is never skipped and publishing never waits on it: a line is published
@@ -13,6 +13,7 @@
 
 pub mod history;
 pub mod memory;
+pub mod redis;
 pub mod sanitize;
 pub mod stream;
 pub mod writer;
