@@ -6,7 +6,6 @@
 //!                                    └──► other hosts ──► proxy::router
 //! ```
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -31,6 +30,8 @@ use crate::logs::memory::MemoryBus;
 use crate::logs::redis::RedisBus;
 use crate::logs::{DeploymentEvent, LogBus, SystemEvent};
 use crate::metrics::Metrics;
+use crate::proxy::SiteLabel;
+use crate::proxy::cache::SiteCache;
 use crate::proxy::host::{self, Target};
 use crate::proxy::routes::RouteTable;
 
@@ -45,6 +46,7 @@ pub struct AppState {
     /// Live fan-out of log lines, statuses and system events.
     pub bus: Arc<dyn LogBus>,
     pub routes: Arc<RouteTable>,
+    pub site_cache: Arc<SiteCache>,
     pub metrics: Arc<Metrics>,
     pub login_limiter: Arc<LoginLimiter>,
     /// Wakes this process's build workers when a deployment is queued here.
@@ -90,7 +92,9 @@ impl AppState {
             .reload(&db)
             .await
             .context("loading the route table")?;
+        let site_cache = Arc::new(SiteCache::new(config.proxy.cache_mb * 1024 * 1024));
         Ok(AppState {
+            site_cache,
             config: Arc::new(config),
             db,
             store,
@@ -113,10 +117,18 @@ impl AppState {
     /// Called after a write to the domains table: brings this process's route table up
     /// to date and tells the others.
     pub async fn routes_changed(&self) {
-        if let Err(e) = self.routes.reload(&self.db).await {
-            tracing::error!(error = %e, "route table reload failed; the periodic reload will retry");
-        }
+        self.reload_routes().await;
         self.bus.publish_system(SystemEvent::RoutesChanged);
+    }
+
+    /// Reloads the route table and forgets cached files of deployments it dropped.
+    pub async fn reload_routes(&self) {
+        match self.routes.reload(&self.db).await {
+            Ok(gone) => self.site_cache.forget(&gone),
+            Err(e) => {
+                tracing::error!(error = %e, "route table reload failed; the periodic reload will retry");
+            }
+        }
     }
 
     /// Called after a deployment is queued, so an idle worker starts at once.
@@ -172,7 +184,12 @@ pub fn router(state: AppState) -> Router {
         async move {
             match host::classify(req.headers(), req.uri(), &base) {
                 Ok(Target::Dashboard) => dashboard.oneshot(req).await.into_response(),
-                Ok(Target::Site(_) | Target::Elsewhere) => sites.oneshot(req).await.into_response(),
+                Ok(Target::Site(label)) => {
+                    let mut req = req;
+                    req.extensions_mut().insert(SiteLabel(label));
+                    sites.oneshot(req).await.into_response()
+                }
+                Ok(Target::Elsewhere) => sites.oneshot(req).await.into_response(),
                 Err(e) => ApiError::BadRequest {
                     code: "bad_host",
                     message: e.to_string(),
@@ -202,14 +219,13 @@ pub async fn serve(
         }
         None => tokio::task::JoinSet::new(),
     };
+    background.spawn(crate::proxy::watch_routes(state.clone(), shutdown.clone()));
     tracing::info!(%addr, base_domain = %state.config.server.base_domain, "listening");
-    let app = router(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-    .await?;
+    let limits = crate::server::Limits {
+        header_timeout: std::time::Duration::from_secs(state.config.proxy.header_timeout_secs),
+        max_connections: state.config.proxy.max_connections,
+    };
+    crate::server::serve(listener, router(state), limits, shutdown.clone()).await;
     shutdown.cancel();
     while background.join_next().await.is_some() {}
     Ok(())

@@ -46,7 +46,29 @@ pub struct Config {
     pub storage: StorageConfig,
     pub logs: LogsConfig,
     pub builder: BuilderConfig,
+    pub proxy: ProxyConfig,
     pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Memory for hot files of deployments, in MiB.
+    pub cache_mb: u64,
+    /// Seconds a client may take to send a request's headers (slowloris guard).
+    pub header_timeout_secs: u64,
+    /// Connections served at once; past it new ones get 503 and are closed.
+    pub max_connections: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            cache_mb: 64,
+            header_timeout_secs: 10,
+            max_connections: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,6 +323,18 @@ impl Config {
             return Err(ConfigError::key(
                 "builder.default_image",
                 "must not be empty",
+            ));
+        }
+        if self.proxy.header_timeout_secs == 0 {
+            return Err(ConfigError::key(
+                "proxy.header_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.proxy.max_connections == 0 {
+            return Err(ConfigError::key(
+                "proxy.max_connections",
+                "must be at least 1",
             ));
         }
         if self.server.request_timeout_secs == 0 {

@@ -16,6 +16,7 @@
 //! - [`proxy`]: Host routing and the route table of deployments.
 //! - [`builder`]: the build queue, sources, plans and runners.
 //! - [`logs`]: build log persistence and streaming.
+//! - [`server`]: the HTTP accept loop with its limits (slowloris, connection cap).
 //! - [`storage`]: opening the artifact store (`object_store`).
 //! - [`metrics`]: Prometheus metrics.
 
@@ -29,4 +30,5 @@ pub mod logs;
 pub mod metrics;
 pub mod names;
 pub mod proxy;
+pub mod server;
 pub mod storage;

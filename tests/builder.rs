@@ -129,7 +129,7 @@ async fn static_site_reaches_ready_and_is_stored() {
     assert_eq!(project["production_deployment_id"], d["id"]);
     let short = d["short_id"].as_str().unwrap();
     assert!(srv.state.routes.get(&format!("plain-{short}")).is_some());
-    assert_eq!(srv.state.routes.get("plain").unwrap().deployment_id, id);
+    assert_eq!(&*srv.state.routes.get("plain").unwrap().deployment_id, id);
     let builds = std::fs::read_dir(srv.data_dir().join("builds"))
         .unwrap()
         .count();
@@ -365,14 +365,8 @@ async fn git_errors_are_explained() {
     let done = wait_finished(&srv, &token, d["id"].as_str().unwrap(), 30).await;
     assert_eq!(done["status"], "ready", "{done}");
     assert_eq!(done["production"], false);
-    assert_eq!(
-        srv.state
-            .routes
-            .get("gitty-git-feature-x")
-            .unwrap()
-            .deployment_id,
-        d["id"].as_str().unwrap()
-    );
+    let route = srv.state.routes.get("gitty-git-feature-x").unwrap();
+    assert_eq!(&*route.deployment_id, d["id"].as_str().unwrap());
     srv.stop().await;
 }
 

@@ -369,6 +369,9 @@ async fn patch_project(
         replace_env(&txn, p.id, env).await?;
     }
     txn.commit().await?;
+    if updated.spa != p.spa {
+        state.routes_changed().await;
+    }
     Ok(Json(ProjectView::load(&state, updated).await?))
 }
 

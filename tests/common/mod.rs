@@ -34,11 +34,11 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c
 }
 
-/// A new, empty PostgreSQL database on the server named by `SCALEMESH_TEST_POSTGRES_URL`.
+/// A new, empty PostgreSQL database on the server named by `POSTGRES_TEST_URL`.
 pub async fn fresh_postgres() -> String {
     use sea_orm::ConnectionTrait;
-    let admin = std::env::var("SCALEMESH_TEST_POSTGRES_URL").expect(
-        "SCALEMESH_TEST_POSTGRES_URL must name a PostgreSQL server for the Postgres tests \
+    let admin = std::env::var("POSTGRES_TEST_URL").expect(
+        "POSTGRES_TEST_URL must name a PostgreSQL server for the Postgres tests \
          (`bash .ci/run` starts one and sets it)",
     );
     let name = format!("sm_test_{}", uuid::Uuid::new_v4().simple());

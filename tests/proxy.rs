@@ -1,0 +1,470 @@
+//! The proxy end to end: deployments made by the real builder, served by Host through
+//! the real listener, with every serving rule, header and hostile input of API.md.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestServer, fixtures, images, wait_finished};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn server(tweak: impl FnOnce(&mut scalemesh::config::Config)) -> TestServer {
+    images::ensure();
+    TestServer::start_with(Backend::Sqlite, |c| {
+        c.builder.concurrency = 2;
+        c.builder.default_image = images::BUSYBOX.into();
+        c.builder.network = scalemesh::config::BuildNetwork::None;
+        tweak(c);
+    })
+    .await
+}
+
+const CSS: &str =
+    "body { color: #333; margin: 0 auto; max-width: 40rem; font-family: system-ui, sans-serif; }\n";
+
+fn site_files(version: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("index.html", format!("<h1>home {version}</h1>")),
+        ("about/index.html", "<h1>about</h1>".into()),
+        ("docs.html", "<h1>docs</h1>".into()),
+        ("css/site.css", CSS.repeat(20)),
+        ("404.html", "<h1>custom missing</h1>".into()),
+        ("a b.txt", "spaced".into()),
+        ("data.bin", "0123456789".into()),
+    ]
+}
+
+/// Deploys the files as a static project `name`; returns (token, deployment).
+async fn publish(
+    srv: &TestServer,
+    token: &str,
+    name: &str,
+    files: &[(&str, String)],
+    extra: Value,
+) -> Value {
+    let src = srv.data_dir().join(format!("src-{name}"));
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    fixtures::repo(&src, &refs);
+    let mut body = json!({"name": name, "git_url": format!("file://{}", src.display())});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    srv.create_project(token, body).await;
+    redeploy(srv, token, name).await
+}
+
+async fn redeploy(srv: &TestServer, token: &str, name: &str) -> Value {
+    let (_, d) = srv
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{name}/deployments"),
+            Some(token),
+            None,
+        )
+        .await;
+    let done = wait_finished(srv, token, d["id"].as_str().unwrap(), 60).await;
+    assert_eq!(done["status"], "ready", "{done}");
+    done
+}
+
+fn host(label: &str) -> String {
+    format!("{label}.{}", common::BASE)
+}
+
+async fn get(srv: &TestServer, label: &str, path: &str) -> reqwest::Response {
+    srv.request_host(Method::GET, &host(label), path)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Sends raw bytes and reads the whole answer (the server closes or times out).
+fn raw(srv: &TestServer, request: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") && !out.starts_with(b"HTTP/1.1 200") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_serving_rule_and_header() {
+    let srv = server(|_| {}).await;
+    let t = srv.signup("a@example.com").await;
+    let d = publish(&srv, &t, "web", &site_files("v1"), json!({})).await;
+    let short = d["short_id"].as_str().unwrap();
+
+    let home = get(&srv, "web", "/").await;
+    assert_eq!(home.status(), 200);
+    assert_eq!(home.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(
+        home.headers()["cache-control"],
+        "public, max-age=0, must-revalidate"
+    );
+    let etag = home.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
+    assert_eq!(home.text().await.unwrap(), "<h1>home v1</h1>");
+
+    let r = get(&srv, "web", "/about").await;
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], "/about/");
+    let r = get(&srv, "web", "/about?x=1").await;
+    assert_eq!(r.headers()["location"], "/about/?x=1");
+    assert_eq!(
+        get(&srv, "web", "/about/").await.text().await.unwrap(),
+        "<h1>about</h1>"
+    );
+    assert_eq!(
+        get(&srv, "web", "/docs").await.text().await.unwrap(),
+        "<h1>docs</h1>"
+    );
+    assert_eq!(
+        get(&srv, "web", "/docs.html").await.text().await.unwrap(),
+        "<h1>docs</h1>"
+    );
+    assert_eq!(
+        get(&srv, "web", "/a%20b.txt").await.text().await.unwrap(),
+        "spaced"
+    );
+    let missing = get(&srv, "web", "/nope").await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.text().await.unwrap(), "<h1>custom missing</h1>");
+
+    let r = srv
+        .request_host(Method::GET, &host("web"), "/")
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = srv
+        .request_host(Method::HEAD, &host("web"), "/data.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["content-length"].to_str().unwrap()
+        ),
+        (200, "10")
+    );
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = srv
+        .request_host(Method::GET, &host("web"), "/data.bin")
+        .header("range", "bytes=2-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 2-5/10");
+    assert_eq!(r.text().await.unwrap(), "2345");
+    let r = srv
+        .request_host(Method::GET, &host("web"), "/data.bin")
+        .header("range", "bytes=50-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */10");
+    let r = srv
+        .request_host(Method::POST, &host("web"), "/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+
+    // Text is compressed when the client accepts it; binary and ranges are not.
+    for (encoding, expected) in [("gzip", "gzip"), ("br", "br")] {
+        let r = srv
+            .request_host(Method::GET, &host("web"), "/css/site.css")
+            .header("accept-encoding", encoding)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-encoding"], expected);
+        assert!(r.bytes().await.unwrap().len() < CSS.len() * 20);
+    }
+    let r = srv
+        .request_host(Method::GET, &host("web"), "/data.bin")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+
+    // The per-deployment hostname is immutable; assets there may be cached for long.
+    let label = format!("web-{short}");
+    let r = get(&srv, &label, "/css/site.css").await;
+    assert_eq!(
+        r.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(r.headers()["content-type"], "text/css; charset=utf-8");
+    let r = get(&srv, "web", "/css/site.css").await;
+    assert_eq!(
+        r.headers()["cache-control"],
+        "public, max-age=0, must-revalidate"
+    );
+
+    // SPA fallback, and the built-in 404 when the deployment has none.
+    publish(
+        &srv,
+        &t,
+        "spa-app",
+        &[("index.html", "<div id=app></div>".to_string())],
+        json!({"spa": true}),
+    )
+    .await;
+    let r = get(&srv, "spa-app", "/deep/link/42").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "<div id=app></div>");
+    publish(
+        &srv,
+        &t,
+        "bare",
+        &[("index.html", "bare".to_string())],
+        json!({}),
+    )
+    .await;
+    let r = get(&srv, "bare", "/nothing").await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("page not found"));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_paths_and_hosts_are_refused() {
+    let srv = server(|_| {}).await;
+    let t = srv.signup("a@example.com").await;
+    publish(&srv, &t, "web", &site_files("v1"), json!({})).await;
+    let h = host("web");
+    for path in [
+        "/../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/..%2f..%2fetc/passwd",
+        "/a%5c..%5cb",
+        "/index.html%00.png",
+        "/%2E%2E",
+    ] {
+        let answer = raw(
+            &srv,
+            format!("GET {path} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+    }
+    let answer = raw(
+        &srv,
+        format!("GET //etc/passwd HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(!answer.contains("root:"), "never a host file");
+
+    let long = "a".repeat(70);
+    for (hostname, expect) in [
+        (format!("web.{}.evil.com", common::BASE), "404"),
+        (format!("{long}.{}", common::BASE), "400"),
+        (format!("WEB.{}", common::BASE.to_uppercase()), "200"),
+        (format!("web.{}.", common::BASE), "200"),
+        (format!("web.{}:8080", common::BASE), "200"),
+    ] {
+        let answer = raw(
+            &srv,
+            format!("GET / HTTP/1.1\r\nHost: {hostname}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {expect}")),
+            "{hostname}: {answer}"
+        );
+    }
+    let two = raw(
+        &srv,
+        format!(
+            "GET / HTTP/1.1\r\nHost: {h}\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            common::BASE
+        )
+        .as_bytes(),
+    );
+    assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    let absolute = raw(
+        &srv,
+        format!(
+            "GET http://other.{}/ HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n",
+            common::BASE
+        )
+        .as_bytes(),
+    );
+    assert!(absolute.starts_with("HTTP/1.1 400"), "{absolute}");
+
+    // A site host never reaches the dashboard, whatever it sends.
+    let r = srv
+        .request_host(Method::GET, &h, "/api/v1/me")
+        .bearer_auth(&t)
+        .header("cookie", format!("scalemesh_session={t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(!r.text().await.unwrap().contains("a@example.com"));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_under_load_never_fails_a_request() {
+    let srv = server(|_| {}).await;
+    let t = srv.signup("a@example.com").await;
+    let v1 = publish(
+        &srv,
+        &t,
+        "live",
+        &[("index.html", "version one".to_string())],
+        json!({}),
+    )
+    .await;
+    let src = srv.data_dir().join("src-live");
+    let repo = git2::Repository::open(&src).unwrap();
+    fixtures::commit(&repo, &[("index.html", "version two")], "v2");
+    let v2 = redeploy(&srv, &t, "live").await;
+    assert_eq!(
+        get(&srv, "live", "/").await.text().await.unwrap(),
+        "version two"
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (http, addr, stop) = (srv.http.clone(), srv.addr, stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seen = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = http
+                    .get(format!("http://{addr}/"))
+                    .header("host", host("live"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                match r.text().await.unwrap().as_str() {
+                    "version one" => seen.0 += 1,
+                    "version two" => seen.1 += 1,
+                    other => panic!("a torn or wrong response: {other:?}"),
+                }
+            }
+            seen
+        }));
+    }
+    for i in 0..20 {
+        let target = if i % 2 == 0 { &v1 } else { &v2 };
+        let (status, p) = srv
+            .call(
+                Method::POST,
+                "/api/v1/projects/live/promote",
+                Some(&t),
+                Some(json!({"deployment_id": target["id"]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["production_deployment_id"], target["id"]);
+        let expected = if i % 2 == 0 {
+            "version one"
+        } else {
+            "version two"
+        };
+        assert_eq!(
+            get(&srv, "live", "/").await.text().await.unwrap(),
+            expected,
+            "instant"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = (0, 0);
+    for c in clients {
+        let seen = c.await.unwrap();
+        total = (total.0 + seen.0, total.1 + seen.1);
+    }
+    assert!(
+        total.0 > 0 && total.1 > 0,
+        "both versions were served: {total:?}"
+    );
+    let (_, d) = srv
+        .call(
+            Method::GET,
+            &format!("/api/v1/deployments/{}", v2["id"].as_str().unwrap()),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(d["production"], true);
+
+    let (status, body) = srv
+        .call(
+            Method::POST,
+            "/api/v1/projects/live/promote",
+            Some(&t),
+            Some(json!({"deployment_id": "nope"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+
+    // Deleting the project takes its hostnames with it.
+    srv.call(Method::DELETE, "/api/v1/projects/live", Some(&t), None)
+        .await;
+    let r = get(&srv, "live", "/").await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("no deployment here"));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_closed_and_connections_capped() {
+    let srv = server(|c| {
+        c.proxy.header_timeout_secs = 1;
+        c.proxy.max_connections = 3;
+    })
+    .await;
+    // Slowloris: half a request head, then nothing.
+    let mut slow = std::net::TcpStream::connect(srv.addr).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed after the header timeout"
+    );
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Past the cap, a new connection is shed at once.
+    let held: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(srv.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let answer = raw(&srv, b"GET /healthz HTTP/1.1\r\nHost: sm.test\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = srv.request(Method::GET, "/healthz").send().await.unwrap();
+    assert_eq!(r.status(), 200, "served again once connections close");
+    srv.stop().await;
+}
