@@ -112,6 +112,21 @@ async fn signup(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<(StatusCode, Json<AuthResponse>)> {
+    let (user, token) = create_account(&state, body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AuthResponse {
+            user: user.into(),
+            token,
+        }),
+    ))
+}
+
+/// Creates an account and its first session (the API's signup and the UI's setup).
+pub async fn create_account(
+    state: &AppState,
+    body: Credentials,
+) -> ApiResult<(user::Model, String)> {
     let email = normalize_email(&body.email)?;
     check_password(&body.password)?;
     let closed = || ApiError::Forbidden {
@@ -177,13 +192,7 @@ async fn signup(
     };
     let token = auth::create_session(&state.db, user.id).await?;
     tracing::info!(user_id = user.id, admin = user.is_admin, "account created");
-    Ok((
-        StatusCode::CREATED,
-        Json(AuthResponse {
-            user: user.into(),
-            token,
-        }),
-    ))
+    Ok((user, token))
 }
 
 /// Logs in; the same 401 for an unknown email and a wrong password.
@@ -195,6 +204,19 @@ async fn login(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<Json<AuthResponse>> {
+    let (user, token) = check_login(&state, ip, body).await?;
+    Ok(Json(AuthResponse {
+        user: user.into(),
+        token,
+    }))
+}
+
+/// Checks credentials under the rate limits and starts a session.
+pub async fn check_login(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    body: Credentials,
+) -> ApiResult<(user::Model, String)> {
     let email = body.email.trim().to_lowercase();
     state
         .login_limiter
@@ -216,10 +238,7 @@ async fn login(
         return Err(ApiError::InvalidCredentials);
     };
     let token = auth::create_session(&state.db, user.id).await?;
-    Ok(Json(AuthResponse {
-        user: user.into(),
-        token,
-    }))
+    Ok((user, token))
 }
 
 /// Revokes the token that made this request.
@@ -269,7 +288,7 @@ pub struct TokenList {
 }
 
 /// Checks a token's name: 1–100 printable characters.
-fn check_token_name(name: &str) -> ApiResult<String> {
+pub fn check_token_name(name: &str) -> ApiResult<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(ApiError::validation(

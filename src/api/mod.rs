@@ -12,6 +12,7 @@ pub mod extract;
 pub mod logs;
 pub mod projects;
 pub mod system;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,11 +70,21 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
-        .fallback(|| async { ApiError::NotFound("route") })
+        .merge(ui::layered(state.clone()))
+        .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// JSON 404 under `/api`, the HTML page elsewhere.
+async fn not_found(State(state): State<AppState>, req: Request) -> Response {
+    if req.uri().path().starts_with("/api/") {
+        ApiError::NotFound("route").into_response()
+    } else {
+        ui::not_found(State(state)).await
+    }
 }
 
 /// Counts every request by route and status, and bounds the time to the response head

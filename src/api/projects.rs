@@ -220,6 +220,20 @@ async fn create_project(
     CurrentUser(me): CurrentUser,
     ApiJson(body): ApiJson<NewProject>,
 ) -> ApiResult<(StatusCode, Json<ProjectView>)> {
+    let (created, keys) = create(&state, me.user.id, body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ProjectView::new(&state, created, keys)),
+    ))
+}
+
+/// Checks and stores a new project of `owner`; returns it with its env keys. The API
+/// and the UI both create projects through here.
+pub async fn create(
+    state: &AppState,
+    owner: i32,
+    body: NewProject,
+) -> ApiResult<(project::Model, Vec<String>)> {
     check("name", names::check_project_name(&body.name))?;
     names::check_git_url(&body.git_url, state.config.builder.allow_local_git)
         .map_err(|m| ApiError::validation("git_url", m))?;
@@ -244,7 +258,7 @@ async fn create_project(
     let now = Utc::now();
     let txn = state.db.begin().await?;
     let created = project::ActiveModel {
-        owner_id: Set(me.user.id),
+        owner_id: Set(owner),
         name: Set(body.name),
         git_url: Set(body.git_url),
         production_branch: Set(branch),
@@ -268,11 +282,7 @@ async fn create_project(
     replace_env(&txn, created.id, &env).await?;
     txn.commit().await?;
     tracing::info!(project = %created.name, "project created");
-    let keys = env.keys().cloned().collect();
-    Ok((
-        StatusCode::CREATED,
-        Json(ProjectView::new(&state, created, keys)),
-    ))
+    Ok((created, env.into_keys().collect()))
 }
 
 #[utoipa::path(get, path = "/api/v1/projects", tag = "projects", security(("bearer" = [])),
@@ -323,6 +333,17 @@ async fn patch_project(
     ApiJson(body): ApiJson<ProjectPatch>,
 ) -> ApiResult<Json<ProjectView>> {
     let p = find_project(&state, me.user.id, &name).await?;
+    let updated = update(&state, p, body).await?;
+    Ok(Json(ProjectView::load(&state, updated).await?))
+}
+
+/// Checks and applies a change to a project. The API and the UI both change projects
+/// through here.
+pub async fn update(
+    state: &AppState,
+    p: project::Model,
+    body: ProjectPatch,
+) -> ApiResult<project::Model> {
     if body.name.is_some() {
         return Err(ApiError::validation("name", "a project cannot be renamed"));
     }
@@ -372,7 +393,7 @@ async fn patch_project(
     if updated.spa != p.spa {
         state.routes_changed().await;
     }
-    Ok(Json(ProjectView::load(&state, updated).await?))
+    Ok(updated)
 }
 
 #[utoipa::path(delete, path = "/api/v1/projects/{name}", tag = "projects", security(("bearer" = [])),
@@ -384,6 +405,12 @@ async fn delete_project(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     let p = find_project(&state, me.user.id, &name).await?;
+    delete(&state, p).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a project with its deployments, logs, hostnames and artifacts.
+pub async fn delete(state: &AppState, p: project::Model) -> ApiResult<()> {
     let deployment_ids: Vec<String> = deployment::Entity::find()
         .filter(deployment::Column::ProjectId.eq(p.id))
         .all(&state.db)
@@ -403,7 +430,7 @@ async fn delete_project(
         }
     });
     tracing::info!(project = %p.name, "project deleted");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -449,7 +476,18 @@ async fn promote(
     ApiJson(body): ApiJson<PromoteBody>,
 ) -> ApiResult<Json<ProjectView>> {
     let p = find_project(&state, me.user.id, &name).await?;
-    let d = deployment::Entity::find_by_id(body.deployment_id.clone())
+    promote_to_production(&state, &p, &body.deployment_id).await?;
+    let p = find_project(&state, me.user.id, &name).await?;
+    Ok(Json(ProjectView::load(&state, p).await?))
+}
+
+/// Makes deployment `id` of `p` production, if it is ready.
+pub async fn promote_to_production(
+    state: &AppState,
+    p: &project::Model,
+    id: &str,
+) -> ApiResult<()> {
+    let d = deployment::Entity::find_by_id(id.to_string())
         .filter(deployment::Column::ProjectId.eq(p.id))
         .one(&state.db)
         .await?
@@ -460,8 +498,7 @@ async fn promote(
             message: format!("deployment {} is {}, not ready", d.short_id, d.status),
         });
     }
-    crate::db::domains::set_production(&state.db, &p, &d).await?;
+    crate::db::domains::set_production(&state.db, p, &d).await?;
     state.routes_changed().await;
-    let p = find_project(&state, me.user.id, &name).await?;
-    Ok(Json(ProjectView::load(&state, p).await?))
+    Ok(())
 }

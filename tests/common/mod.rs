@@ -78,8 +78,17 @@ impl TestServer {
     }
 
     pub async fn start_config(config: Config, dir: tempfile::TempDir) -> TestServer {
-        let state = AppState::build(config).await.expect("state builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, config, dir).await
+    }
+
+    /// Serves `config` on a listener bound beforehand (when a URL must name its port).
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        config: Config,
+        dir: tempfile::TempDir,
+    ) -> TestServer {
+        let state = AppState::build(config).await.expect("state builds");
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
