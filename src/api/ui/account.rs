@@ -3,13 +3,12 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 
-use super::{Csrf, Page, UiUser, csrf_failed, render, session_cookie, when};
+use super::{Csrf, Page, UiForm, UiUser, render, session_cookie, when};
 use crate::api::auth::{self as api_auth, Credentials};
 use crate::api::error::ApiError;
 use crate::app::AppState;
@@ -27,8 +26,6 @@ struct LoginPage {
     email: String,
     error: Option<String>,
 }
-
-type FormMap = Form<HashMap<String, String>>;
 
 async fn has_accounts(state: &AppState) -> bool {
     user::Entity::find()
@@ -85,10 +82,7 @@ fn signed_in(state: &AppState, token: &str) -> Response {
         .into_response()
 }
 
-pub async fn setup(State(state): State<AppState>, csrf: Csrf, Form(form): FormMap) -> Response {
-    if !csrf.matches(form.get("csrf")) {
-        return csrf_failed();
-    }
+pub async fn setup(State(state): State<AppState>, csrf: Csrf, UiForm(form): UiForm) -> Response {
     let email = form.get("email").cloned().unwrap_or_default();
     let creds = Credentials {
         email: email.clone(),
@@ -104,11 +98,8 @@ pub async fn login(
     State(state): State<AppState>,
     csrf: Csrf,
     crate::api::extract::ClientIp(ip): crate::api::extract::ClientIp,
-    Form(form): FormMap,
+    UiForm(form): UiForm,
 ) -> Response {
-    if !csrf.matches(form.get("csrf")) {
-        return csrf_failed();
-    }
     let email = form.get("email").cloned().unwrap_or_default();
     let creds = Credentials {
         email: email.clone(),
@@ -123,15 +114,7 @@ pub async fn login(
     }
 }
 
-pub async fn logout(
-    State(state): State<AppState>,
-    csrf: Csrf,
-    UiUser(me): UiUser,
-    Form(form): FormMap,
-) -> Response {
-    if !csrf.matches(form.get("csrf")) {
-        return csrf_failed();
-    }
+pub async fn logout(State(state): State<AppState>, UiUser(me): UiUser, _: UiForm) -> Response {
     if let Err(e) = auth::revoke(&state.db, me.via).await {
         return ApiError::from(e).into_response();
     }
@@ -216,11 +199,8 @@ pub async fn create_token(
     State(state): State<AppState>,
     csrf: Csrf,
     UiUser(me): UiUser,
-    Form(form): FormMap,
+    UiForm(form): UiForm,
 ) -> Response {
-    if !csrf.matches(form.get("csrf")) {
-        return csrf_failed();
-    }
     let name = form.get("name").cloned().unwrap_or_default();
     match api_auth::check_token_name(&name) {
         Ok(name) => match auth::create_api_token(&state.db, me.user.id, &name).await {
@@ -233,14 +213,10 @@ pub async fn create_token(
 
 pub async fn revoke_token(
     State(state): State<AppState>,
-    csrf: Csrf,
     UiUser(me): UiUser,
     Path(id): Path<i32>,
-    Form(form): FormMap,
+    _: UiForm,
 ) -> Response {
-    if !csrf.matches(form.get("csrf")) {
-        return csrf_failed();
-    }
     let res = api_token::Entity::delete_many()
         .filter(api_token::Column::Id.eq(id))
         .filter(api_token::Column::UserId.eq(me.user.id))

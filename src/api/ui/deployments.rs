@@ -1,40 +1,25 @@
 //! Pages and actions of deployments: deploy, cancel, redeploy, promote, and the
 //! deployment page with its live log.
 
-use std::collections::HashMap;
-
 use askama::Template;
-use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::projects::owned;
-use super::{Csrf, Page, UiUser, csrf_failed, duration, render, when};
+use super::{Csrf, Page, UiDeployment, UiForm, UiProject, duration, render, when};
 use crate::api::error::ApiError;
 use crate::app::AppState;
 use crate::db::queries;
 use crate::logs::history::lines_after;
 use crate::names;
 
-type FormMap = Form<HashMap<String, String>>;
-
 /// Lines the page renders itself; the live stream starts after the last of them.
 const RENDERED_LINES: u64 = 5000;
 
 pub async fn deploy(
     State(state): State<AppState>,
-    csrf: Csrf,
-    UiUser(me): UiUser,
-    Path(name): Path<String>,
-    Form(m): FormMap,
+    UiProject(_, p): UiProject,
+    _: UiForm,
 ) -> Response {
-    if !csrf.matches(m.get("csrf")) {
-        return csrf_failed();
-    }
-    let p = match owned(&state, &me, &name).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     match queries::queue_deployment(&state.db, p.id, &p.production_branch, None).await {
         Ok(d) => {
             state.deployment_queued();
@@ -46,52 +31,21 @@ pub async fn deploy(
 
 pub async fn promote(
     State(state): State<AppState>,
-    csrf: Csrf,
-    UiUser(me): UiUser,
-    Path(name): Path<String>,
-    Form(m): FormMap,
+    UiProject(_, p): UiProject,
+    UiForm(m): UiForm,
 ) -> Response {
-    if !csrf.matches(m.get("csrf")) {
-        return csrf_failed();
-    }
-    let p = match owned(&state, &me, &name).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let id = m.get("deployment_id").cloned().unwrap_or_default();
     match crate::api::projects::promote_to_production(&state, &p, &id).await {
-        Ok(()) => Redirect::to(&format!("/projects/{name}?notice=promoted")).into_response(),
+        Ok(()) => Redirect::to(&format!("/projects/{}?notice=promoted", p.name)).into_response(),
         Err(e) => e.into_response(),
-    }
-}
-
-/// The current user's deployment `id` with its project, or the 404 page.
-async fn owned_deployment(
-    state: &AppState,
-    me: &crate::auth::Principal,
-    id: &str,
-) -> Result<(crate::db::deployment::Model, crate::db::project::Model), Response> {
-    match queries::owned_deployment(&state.db, me.user.id, id).await {
-        Ok(Some(pair)) => Ok(pair),
-        Ok(None) => Err(super::not_found(State(state.clone())).await),
-        Err(e) => Err(ApiError::from(e).into_response()),
     }
 }
 
 pub async fn cancel(
     State(state): State<AppState>,
-    csrf: Csrf,
-    UiUser(me): UiUser,
-    Path(id): Path<String>,
-    Form(m): FormMap,
+    UiDeployment(_, d, _): UiDeployment,
+    _: UiForm,
 ) -> Response {
-    if !csrf.matches(m.get("csrf")) {
-        return csrf_failed();
-    }
-    let (d, _) = match owned_deployment(&state, &me, &id).await {
-        Ok(pair) => pair,
-        Err(r) => return r,
-    };
     match queries::cancel_deployment(&state.db, &d.id, None).await {
         Ok(true) => state.deployment_canceled(&d.id),
         Ok(false) => {}
@@ -102,18 +56,9 @@ pub async fn cancel(
 
 pub async fn redeploy(
     State(state): State<AppState>,
-    csrf: Csrf,
-    UiUser(me): UiUser,
-    Path(id): Path<String>,
-    Form(m): FormMap,
+    UiDeployment(_, d, p): UiDeployment,
+    _: UiForm,
 ) -> Response {
-    if !csrf.matches(m.get("csrf")) {
-        return csrf_failed();
-    }
-    let (d, p) = match owned_deployment(&state, &me, &id).await {
-        Ok(pair) => pair,
-        Err(r) => return r,
-    };
     match queries::queue_deployment(&state.db, p.id, &d.git_ref, d.commit_sha.as_deref()).await {
         Ok(new) => {
             state.deployment_queued();
@@ -158,13 +103,8 @@ struct DeploymentPage {
 pub async fn deployment_page(
     State(state): State<AppState>,
     csrf: Csrf,
-    UiUser(me): UiUser,
-    Path(id): Path<String>,
+    UiDeployment(me, d, p): UiDeployment,
 ) -> Response {
-    let (d, p) = match owned_deployment(&state, &me, &id).await {
-        Ok(pair) => pair,
-        Err(r) => return r,
-    };
     let lines = match lines_after(&state.db, &d.id, 0, RENDERED_LINES).await {
         Ok(lines) => lines,
         Err(e) => return ApiError::from(e).into_response(),

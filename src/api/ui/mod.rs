@@ -173,6 +173,68 @@ async fn csrf_cookie(State(state): State<AppState>, mut req: Request, next: Next
     response
 }
 
+/// A submitted form whose CSRF token matched this browser's (else the 403 page).
+pub struct UiForm(pub std::collections::HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for UiForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let csrf = req.extensions().get::<Csrf>().cloned();
+        let axum::Form(map) =
+            axum::Form::<std::collections::HashMap<String, String>>::from_request(req, state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        match csrf {
+            Some(csrf) if csrf.matches(map.get("csrf")) => Ok(UiForm(map)),
+            _ => Err(csrf_failed()),
+        }
+    }
+}
+
+/// The project named in the path, if the signed-in user owns it (else 404, or the
+/// login redirect).
+pub struct UiProject(pub Principal, pub crate::db::project::Model);
+
+impl FromRequestParts<AppState> for UiProject {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let UiUser(me) = UiUser::from_request_parts(parts, state).await?;
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        match crate::db::queries::owned_project(&state.db, me.user.id, &name).await {
+            Ok(Some(p)) => Ok(UiProject(me, p)),
+            Ok(None) => Err(not_found(State(state.clone())).await),
+            Err(e) => Err(crate::api::error::ApiError::from(e).into_response()),
+        }
+    }
+}
+
+/// The deployment named in the path with its project, if the signed-in user owns it.
+pub struct UiDeployment(
+    pub Principal,
+    pub crate::db::deployment::Model,
+    pub crate::db::project::Model,
+);
+
+impl FromRequestParts<AppState> for UiDeployment {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let UiUser(me) = UiUser::from_request_parts(parts, state).await?;
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        match crate::db::queries::owned_deployment(&state.db, me.user.id, &id).await {
+            Ok(Some((d, p))) => Ok(UiDeployment(me, d, p)),
+            Ok(None) => Err(not_found(State(state.clone())).await),
+            Err(e) => Err(crate::api::error::ApiError::from(e).into_response()),
+        }
+    }
+}
+
 /// 403 for a form without the right CSRF token.
 pub fn csrf_failed() -> Response {
     (

@@ -4,19 +4,16 @@
 use std::collections::{BTreeMap, HashMap};
 
 use askama::Template;
-use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 
-use super::{Csrf, Page, UiUser, ago, csrf_failed, duration, render};
+use super::{Csrf, Page, UiForm, UiProject, UiUser, ago, duration, render};
 use crate::api::error::ApiError;
 use crate::api::projects::{self as api_projects, NewProject, ProjectPatch};
 use crate::app::AppState;
 use crate::db::{DeploymentStatus, deployment, project, queries, user};
 use crate::names;
-
-type FormMap = Form<HashMap<String, String>>;
 
 struct ProjectCard {
     name: String,
@@ -241,11 +238,8 @@ pub async fn create(
     State(state): State<AppState>,
     csrf: Csrf,
     UiUser(me): UiUser,
-    Form(m): FormMap,
+    UiForm(m): UiForm,
 ) -> Response {
-    if !csrf.matches(m.get("csrf")) {
-        return csrf_failed();
-    }
     let form = ProjectForm::from_map(&m);
     let result = async {
         let env = parse_env(m.get("env").map(String::as_str).unwrap_or_default())?;
@@ -305,30 +299,12 @@ struct ProjectPage {
     deployments: Vec<DeploymentRow>,
 }
 
-/// The current user's project `name`, or the 404 page.
-pub async fn owned(
-    state: &AppState,
-    me: &crate::auth::Principal,
-    name: &str,
-) -> Result<project::Model, Response> {
-    match queries::owned_project(&state.db, me.user.id, name).await {
-        Ok(Some(p)) => Ok(p),
-        Ok(None) => Err(super::not_found(State(state.clone())).await),
-        Err(e) => Err(ApiError::from(e).into_response()),
-    }
-}
-
 pub async fn project_page(
     State(state): State<AppState>,
     csrf: Csrf,
-    UiUser(me): UiUser,
-    Path(name): Path<String>,
+    UiProject(me, p): UiProject,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let p = match owned(&state, &me, &name).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let rows = match deployment::Entity::find()
         .filter(deployment::Column::ProjectId.eq(p.id))
         .order_by_desc(deployment::Column::CreatedAt)
@@ -381,13 +357,8 @@ pub async fn project_page(
 pub async fn settings_page(
     State(state): State<AppState>,
     csrf: Csrf,
-    UiUser(me): UiUser,
-    Path(name): Path<String>,
+    UiProject(me, p): UiProject,
 ) -> Response {
-    let p = match owned(&state, &me, &name).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let keys = queries::env_keys(&state.db, p.id).await.unwrap_or_default();
     form_page(
         &state,
@@ -402,17 +373,9 @@ pub async fn settings_page(
 pub async fn save_settings(
     State(state): State<AppState>,
     csrf: Csrf,
-    UiUser(me): UiUser,
-    Path(name): Path<String>,
-    Form(m): FormMap,
+    UiProject(me, p): UiProject,
+    UiForm(m): UiForm,
 ) -> Response {
-    if !csrf.matches(m.get("csrf")) {
-        return csrf_failed();
-    }
-    let p = match owned(&state, &me, &name).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let mut form = ProjectForm::from_map(&m);
     form.name = p.name.clone();
     let shown_url = names::redact_git_url(&p.git_url);
@@ -459,17 +422,9 @@ pub async fn save_settings(
 pub async fn delete(
     State(state): State<AppState>,
     csrf: Csrf,
-    UiUser(me): UiUser,
-    Path(name): Path<String>,
-    Form(m): FormMap,
+    UiProject(me, p): UiProject,
+    UiForm(m): UiForm,
 ) -> Response {
-    if !csrf.matches(m.get("csrf")) {
-        return csrf_failed();
-    }
-    let p = match owned(&state, &me, &name).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     if m.get("confirm").map(|c| c.trim()) != Some(p.name.as_str()) {
         let keys = queries::env_keys(&state.db, p.id).await.unwrap_or_default();
         let error = ApiError::validation(
