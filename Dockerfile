@@ -24,6 +24,10 @@ WORKDIR /data
 EXPOSE 8080
 # The build runner talks to Docker through the socket mounted at run time; the user
 # running scalemesh needs access to it (e.g. --group-add of the socket's group).
+# Build workspaces are bind-mounted into build containers by path, and that path is
+# resolved by the Docker daemon on the host: mount the data directory at the same
+# path inside and outside (-v /srv/scalemesh:/srv/scalemesh -e
+# SCALEMESH_SERVER__DATA_DIR=/srv/scalemesh), or set builder.work_dir to such a path.
 USER scalemesh
 ENTRYPOINT ["scalemesh"]
 CMD ["serve"]

@@ -185,6 +185,7 @@ async fn api_tokens(backend: Backend) {
         )
         .await;
     assert_eq!(status, 404);
+
     srv.stop().await;
 }
 
@@ -491,6 +492,34 @@ async fn deployments_records(backend: Backend) {
         )
         .await;
     assert_eq!(status, 404);
+
+    // An empty body with a JSON content type is no body (curl -X POST -H …json).
+    let resp = srv
+        .request(Method::POST, "/api/v1/projects/site/deployments")
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let latest: Value = resp.json().await.unwrap();
+    let (_, again_now) = srv
+        .call(
+            Method::GET,
+            &format!("/api/v1/deployments/{}", again["id"].as_str().unwrap()),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(
+        again_now["status"], "canceled",
+        "the newer one of the same ref supersedes it"
+    );
+    assert_eq!(
+        again_now["error"],
+        format!("superseded by {}", latest["short_id"].as_str().unwrap())
+    );
+
     srv.stop().await;
 }
 
