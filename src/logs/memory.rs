@@ -68,7 +68,9 @@ impl LogBus for MemoryBus {
 
 /// A broadcast receiver as a stream that ends when the receiver falls behind: the
 /// subscriber then knows it may have missed events and reads the database.
-fn receiver_stream<T: Clone + Send + 'static>(rx: broadcast::Receiver<T>) -> BoxStream<'static, T> {
+pub(super) fn receiver_stream<T: Clone + Send + 'static>(
+    rx: broadcast::Receiver<T>,
+) -> BoxStream<'static, T> {
     BroadcastStream::new(rx)
         .take_while(|r| std::future::ready(r.is_ok()))
         .filter_map(|r| std::future::ready(r.ok()))

@@ -18,6 +18,8 @@ pub mod sanitize;
 pub mod stream;
 pub mod writer;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -63,12 +65,57 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// A line on its way to live watchers, with its JSON rendered once: a thousand SSE
+/// clients of one build share one serialisation and one allocation.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LiveLine {
+    pub line: LogLine,
+    json: String,
+}
+
+impl LiveLine {
+    pub fn new(line: LogLine) -> Arc<LiveLine> {
+        let json = serde_json::to_string(&line).unwrap_or_default();
+        Arc::new(LiveLine { line, json })
+    }
+
+    /// `{"seq", "ts", "stream", "text"}`, as the API and the SSE stream send it.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+}
+
 /// What the bus carries for one deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeploymentEvent {
+    Line(Arc<LiveLine>),
+    Status { status: DeploymentStatus },
+}
+
+/// [`DeploymentEvent`] as it crosses processes (the Redis bus).
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum WireEvent {
     Line(LogLine),
     Status { status: DeploymentStatus },
+}
+
+impl From<&DeploymentEvent> for WireEvent {
+    fn from(e: &DeploymentEvent) -> Self {
+        match e {
+            DeploymentEvent::Line(l) => WireEvent::Line(l.line.clone()),
+            DeploymentEvent::Status { status } => WireEvent::Status { status: *status },
+        }
+    }
+}
+
+impl From<WireEvent> for DeploymentEvent {
+    fn from(e: WireEvent) -> Self {
+        match e {
+            WireEvent::Line(l) => DeploymentEvent::Line(LiveLine::new(l)),
+            WireEvent::Status { status } => DeploymentEvent::Status { status },
+        }
+    }
 }
 
 /// What the bus carries for every process.

@@ -6,6 +6,11 @@
 //! published. While Redis is down, publishes are dropped after a short timeout (the
 //! database has them), subscribers fall back to reading the database, and fred
 //! reconnects and resubscribes on its own when Redis returns.
+//!
+//! ```text
+//!  publish ─► outbox ─► one task: pipelines of ≤512 PUBLISH, in order
+//!  Redis ─► subscriber connection ─► parse once ─► local broadcast per channel ─► streams
+//! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,24 +19,33 @@ use std::time::Duration;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::config::ReconnectPolicy;
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::BroadcastStream;
 
-use super::{DeploymentEvent, LogBus, SystemEvent};
+use super::memory::receiver_stream;
+use super::{DeploymentEvent, LogBus, SystemEvent, WireEvent};
 
 const SYSTEM_CHANNEL: &str = "scalemesh:system";
 const DEPLOYMENT_PREFIX: &str = "scalemesh:deployment:";
 /// Publishes waiting for Redis; past this they are dropped.
 const OUTBOX: usize = 10_000;
+/// Most publishes sent in one pipeline.
+const PIPELINE: usize = 512;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Events a local subscriber may fall behind before it reads the database instead.
+const LOCAL_CAPACITY: usize = 4096;
+
+/// The channels this process listens to, each fanned out locally.
+#[derive(Default)]
+struct Local {
+    deployments: HashMap<String, broadcast::Sender<DeploymentEvent>>,
+    system: Option<broadcast::Sender<SystemEvent>>,
+}
 
 pub struct RedisBus {
     outbox: mpsc::Sender<(String, String)>,
     subscriber: SubscriberClient,
-    /// Local fan-out of the channels this process subscribed to.
-    local: Arc<Mutex<HashMap<String, broadcast::Sender<String>>>>,
+    local: Arc<Mutex<Local>>,
 }
 
 impl RedisBus {
@@ -39,9 +53,8 @@ impl RedisBus {
     /// and starts the publisher and the dispatcher of incoming messages.
     pub fn connect(url: &str) -> anyhow::Result<RedisBus> {
         let config = Config::from_url(url).map_err(|e| anyhow::anyhow!("logs.redis_url: {e}"))?;
-        let policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
         let mut builder = Builder::from_config(config);
-        builder.set_policy(policy);
+        builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
         builder.with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT);
         let publisher = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
@@ -51,27 +64,31 @@ impl RedisBus {
 
         let (outbox, mut rx) = mpsc::channel::<(String, String)>(OUTBOX);
         tokio::spawn(async move {
-            while let Some((channel, payload)) = rx.recv().await {
-                if let Err(e) = publisher.publish::<i64, _, _>(channel, payload).await {
+            // Whatever has queued up goes out as one pipeline: one round trip for a
+            // burst of lines instead of one each, in order.
+            let mut batch = Vec::with_capacity(PIPELINE);
+            while rx.recv_many(&mut batch, PIPELINE).await > 0 {
+                let pipeline = publisher.pipeline();
+                for (channel, payload) in batch.drain(..) {
+                    let _: Result<(), _> = pipeline.publish(channel, payload).await;
+                }
+                if let Err(e) = pipeline.all::<Vec<fred::types::Value>>().await {
                     tracing::debug!(error = %e, "redis publish dropped");
                 }
             }
         });
 
-        let local: Arc<Mutex<HashMap<String, broadcast::Sender<String>>>> = Arc::default();
+        let local: Arc<Mutex<Local>> = Arc::default();
         let mut messages = subscriber.message_rx();
         let fanout = local.clone();
         tokio::spawn(async move {
             loop {
                 match messages.recv().await {
                     Ok(msg) => {
-                        let Some(payload) = msg.value.as_string() else {
+                        let Some(payload) = msg.value.as_str() else {
                             continue;
                         };
-                        let map = fanout.lock().expect("fanout lock");
-                        if let Some(tx) = map.get(&*msg.channel) {
-                            let _ = tx.send(payload);
-                        }
+                        dispatch(&fanout, &msg.channel, &payload);
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(
@@ -96,41 +113,41 @@ impl RedisBus {
         }
     }
 
-    /// A local receiver of `channel`, subscribing at Redis on first use.
-    async fn listen(&self, channel: String) -> anyhow::Result<broadcast::Receiver<String>> {
-        let (rx, first) = {
-            let mut map = self.local.lock().expect("fanout lock");
-            match map.get(&channel) {
-                Some(tx) if tx.receiver_count() > 0 => (tx.subscribe(), false),
-                _ => {
-                    let (tx, rx) = broadcast::channel(4096);
-                    map.insert(channel.clone(), tx);
-                    (rx, true)
-                }
-            }
-        };
-        if first {
-            tokio::time::timeout(COMMAND_TIMEOUT, self.subscriber.subscribe(channel.clone()))
-                .await
-                .map_err(|_| anyhow::anyhow!("redis did not answer SUBSCRIBE"))??;
-        }
-        Ok(rx)
+    async fn subscribe_at_redis(&self, channel: String) -> anyhow::Result<()> {
+        tokio::time::timeout(COMMAND_TIMEOUT, self.subscriber.subscribe(channel))
+            .await
+            .map_err(|_| anyhow::anyhow!("redis did not answer SUBSCRIBE"))??;
+        Ok(())
     }
 }
 
-fn decoded<T: serde::de::DeserializeOwned + Clone + Send + 'static>(
-    rx: broadcast::Receiver<String>,
-) -> BoxStream<'static, T> {
-    BroadcastStream::new(rx)
-        .take_while(|r| std::future::ready(r.is_ok()))
-        .filter_map(|r| std::future::ready(r.ok().and_then(|s| serde_json::from_str(&s).ok())))
-        .boxed()
+/// Parses one message, once, and hands it to this process's subscribers.
+fn dispatch(local: &Mutex<Local>, channel: &str, payload: &str) {
+    let mut local = local.lock().expect("fanout lock");
+    if channel == SYSTEM_CHANNEL {
+        if let (Some(tx), Ok(event)) = (&local.system, serde_json::from_str::<SystemEvent>(payload))
+        {
+            let _ = tx.send(event);
+        }
+    } else if let Some(id) = channel.strip_prefix(DEPLOYMENT_PREFIX)
+        && let Some(tx) = local.deployments.get(id)
+    {
+        match serde_json::from_str::<WireEvent>(payload) {
+            Ok(event) => {
+                if tx.send(event.into()).is_err() {
+                    // Nobody here listens any more.
+                    local.deployments.remove(id);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "unreadable redis message"),
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl LogBus for RedisBus {
     fn publish(&self, deployment_id: &str, event: DeploymentEvent) {
-        if let Ok(payload) = serde_json::to_string(&event) {
+        if let Ok(payload) = serde_json::to_string(&WireEvent::from(&event)) {
             self.send(format!("{DEPLOYMENT_PREFIX}{deployment_id}"), payload);
         }
     }
@@ -139,10 +156,22 @@ impl LogBus for RedisBus {
         &self,
         deployment_id: &str,
     ) -> anyhow::Result<BoxStream<'static, DeploymentEvent>> {
-        let rx = self
-            .listen(format!("{DEPLOYMENT_PREFIX}{deployment_id}"))
-            .await?;
-        Ok(decoded(rx))
+        let (rx, first) = {
+            let mut local = self.local.lock().expect("fanout lock");
+            match local.deployments.get(deployment_id) {
+                Some(tx) if tx.receiver_count() > 0 => (tx.subscribe(), false),
+                _ => {
+                    let (tx, rx) = broadcast::channel(LOCAL_CAPACITY);
+                    local.deployments.insert(deployment_id.to_string(), tx);
+                    (rx, true)
+                }
+            }
+        };
+        if first {
+            self.subscribe_at_redis(format!("{DEPLOYMENT_PREFIX}{deployment_id}"))
+                .await?;
+        }
+        Ok(receiver_stream(rx))
     }
 
     fn publish_system(&self, event: SystemEvent) {
@@ -152,6 +181,20 @@ impl LogBus for RedisBus {
     }
 
     async fn subscribe_system(&self) -> anyhow::Result<BoxStream<'static, SystemEvent>> {
-        Ok(decoded(self.listen(SYSTEM_CHANNEL.to_string()).await?))
+        let (rx, first) = {
+            let mut local = self.local.lock().expect("fanout lock");
+            match &local.system {
+                Some(tx) => (tx.subscribe(), false),
+                None => {
+                    let (tx, rx) = broadcast::channel(256);
+                    local.system = Some(tx);
+                    (rx, true)
+                }
+            }
+        };
+        if first {
+            self.subscribe_at_redis(SYSTEM_CHANNEL.to_string()).await?;
+        }
+        Ok(receiver_stream(rx))
     }
 }

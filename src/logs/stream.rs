@@ -23,7 +23,7 @@ use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::mpsc;
 
 use super::history::lines_after;
-use super::{DeploymentEvent, LogBus, LogLine};
+use super::{DeploymentEvent, LiveLine, LogBus, LogLine};
 use crate::db::{DeploymentStatus, deployment};
 
 const PAGE: u64 = 1000;
@@ -121,15 +121,16 @@ impl LogStream {
         }
     }
 
-    async fn live_line(&mut self, line: LogLine) -> Result<(), Closed> {
-        if line.seq <= self.last {
+    async fn live_line(&mut self, live: Arc<LiveLine>) -> Result<(), Closed> {
+        let seq = live.line.seq;
+        if seq <= self.last {
             return Ok(());
         }
-        if line.seq > self.last + 1 {
-            self.fill_gap(line.seq).await?;
+        if seq > self.last + 1 {
+            self.fill_gap(seq).await?;
         }
-        if line.seq == self.last + 1 {
-            self.send_line(&line).await?;
+        if seq == self.last + 1 {
+            self.send_json(seq, live.json()).await?;
         }
         Ok(())
     }
@@ -206,14 +207,13 @@ impl LogStream {
 
     async fn send_line(&mut self, line: &LogLine) -> Result<(), Closed> {
         let data = serde_json::to_string(line).unwrap_or_default();
-        self.send(
-            Event::default()
-                .id(line.seq.to_string())
-                .event("log")
-                .data(data),
-        )
-        .await?;
-        self.last = line.seq;
+        self.send_json(line.seq, &data).await
+    }
+
+    async fn send_json(&mut self, seq: i64, json: &str) -> Result<(), Closed> {
+        self.send(Event::default().id(seq.to_string()).event("log").data(json))
+            .await?;
+        self.last = seq;
         Ok(())
     }
 

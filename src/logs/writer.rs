@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::sanitize::clean_line;
-use super::{DeploymentEvent, LogBus, LogLine, Stream};
+use super::{DeploymentEvent, LiveLine, LogBus, LogLine, Stream};
 use crate::db::log_line;
 
 const BATCH_LINES: usize = 500;
@@ -129,8 +129,10 @@ impl LogWriter {
                 text: Set(line.text.clone()),
             });
         }
-        self.bus
-            .publish(&self.deployment_id, DeploymentEvent::Line(line));
+        self.bus.publish(
+            &self.deployment_id,
+            DeploymentEvent::Line(LiveLine::new(line)),
+        );
     }
 
     /// The seq the next line will get.
