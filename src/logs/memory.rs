@@ -15,7 +15,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use super::{DeploymentEvent, LogBus, SystemEvent};
 
 /// Events a subscriber may fall behind before it misses some.
-const CHANNEL_CAPACITY: usize = 4096;
+const CHANNEL_CAPACITY: usize = 16_384;
 
 pub struct MemoryBus {
     deployments: Mutex<HashMap<String, broadcast::Sender<DeploymentEvent>>>,

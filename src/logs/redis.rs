@@ -33,7 +33,7 @@ const OUTBOX: usize = 10_000;
 const PIPELINE: usize = 512;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Events a local subscriber may fall behind before it reads the database instead.
-const LOCAL_CAPACITY: usize = 4096;
+const LOCAL_CAPACITY: usize = 16_384;
 
 /// The channels this process listens to, each fanned out locally.
 #[derive(Default)]
@@ -55,7 +55,13 @@ impl RedisBus {
         let config = Config::from_url(url).map_err(|e| anyhow::anyhow!("logs.redis_url: {e}"))?;
         let mut builder = Builder::from_config(config);
         builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
-        builder.with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT);
+        builder.with_performance_config(|p| {
+            p.default_command_timeout = COMMAND_TIMEOUT;
+            // fred's own fan-out of received messages holds 32 by default: a burst of
+            // lines would overflow it, and every stream would repair the gap from the
+            // database at once.
+            p.broadcast_channel_capacity = LOCAL_CAPACITY;
+        });
         let publisher = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
         publisher.connect();

@@ -4,7 +4,8 @@
 //! ```text
 //!  subscribe to the bus ─► send stored lines after `after` ─► live loop:
 //!     line seq == last+1 → send │ seq <= last → drop │ seq > last+1 → fill the gap
-//!     from the database first │ bus gone or lagging → poll the database │
+//!     from the database first │ fell behind → listen again, fill from the database │
+//!     no bus → poll the database │
 //!     final status → drain, last read of the database, `end`, close
 //! ```
 //!
@@ -45,6 +46,7 @@ pub async fn start(
     tokio::spawn(async move {
         let mut s = LogStream {
             db,
+            bus,
             tx,
             deployment_id,
             last: after,
@@ -61,6 +63,7 @@ struct Closed;
 
 struct LogStream {
     db: DatabaseConnection,
+    bus: Arc<dyn LogBus>,
     tx: mpsc::Sender<Result<Event, Infallible>>,
     deployment_id: String,
     last: i64,
@@ -102,8 +105,11 @@ impl LogStream {
                     }
                 }
                 Next::Gone => {
-                    // The bus dropped us (lagging, or it went away): the database goes on.
-                    live = None;
+                    // The bus dropped us: we fell behind, or it went away. Listen again;
+                    // the first line after the gap makes `live_line` read the database for
+                    // what was missed. Without a bus, the database is polled.
+                    live = self.bus.subscribe(&self.deployment_id).await.ok();
+                    self.catch_up(i64::MAX).await?;
                 }
                 Next::Quiet => {
                     // Quiet: the database may know more (another process, a missed event).
