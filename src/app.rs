@@ -35,9 +35,21 @@ use crate::proxy::cache::SiteCache;
 use crate::proxy::host::{self, Target};
 use crate::proxy::routes::RouteTable;
 
-/// Everything a request handler or background task needs, built once.
+/// Everything a request handler or background task needs, built once. One `Arc`, so
+/// handing it to a request costs one reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
     pub store: Arc<dyn ObjectStore>,
@@ -93,7 +105,7 @@ impl AppState {
             .await
             .context("loading the route table")?;
         let site_cache = Arc::new(SiteCache::new(config.proxy.cache_mb * 1024 * 1024));
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             site_cache,
             config: Arc::new(config),
             db,
@@ -105,7 +117,7 @@ impl AppState {
             login_limiter: Arc::new(LoginLimiter::default()),
             queue_wakeup: Arc::new(Notify::new()),
             url_parts,
-        })
+        })))
     }
 
     /// The full URL of a hostname label: `http://<label>.<base_domain>:8080`.
@@ -176,20 +188,23 @@ fn redact(url: &str) -> String {
 /// The one router of the listener: the dashboard for `base_domain`, the proxy for
 /// every other host, 400 for a host that cannot be trusted.
 pub fn router(state: AppState) -> Router {
-    let dashboard = crate::api::router(state.clone());
-    let sites = crate::proxy::router(state.clone());
-    let base = state.config.server.base_domain.clone();
+    let routers = Arc::new((
+        crate::api::router(state.clone()),
+        crate::proxy::router(state.clone()),
+        state.config.server.base_domain.clone(),
+    ));
     let dispatch = move |req: Request| {
-        let (dashboard, sites, base) = (dashboard.clone(), sites.clone(), base.clone());
+        let routers = routers.clone();
         async move {
-            match host::classify(req.headers(), req.uri(), &base) {
-                Ok(Target::Dashboard) => dashboard.oneshot(req).await.into_response(),
+            let (dashboard, sites, base) = (&routers.0, &routers.1, &routers.2);
+            match host::classify(req.headers(), req.uri(), base) {
+                Ok(Target::Dashboard) => dashboard.clone().oneshot(req).await.into_response(),
                 Ok(Target::Site(label)) => {
                     let mut req = req;
                     req.extensions_mut().insert(SiteLabel(label));
-                    sites.oneshot(req).await.into_response()
+                    sites.clone().oneshot(req).await.into_response()
                 }
-                Ok(Target::Elsewhere) => sites.oneshot(req).await.into_response(),
+                Ok(Target::Elsewhere) => sites.clone().oneshot(req).await.into_response(),
                 Err(e) => ApiError::BadRequest {
                     code: "bad_host",
                     message: e.to_string(),
