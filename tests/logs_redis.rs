@@ -54,14 +54,6 @@ impl Drop for Redis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Streams a deployment's log; returns (seq, text, delay from the line's ts to arrival in ms).
 async fn stream(srv: &TestServer, token: &str, id: &str) -> (Vec<(i64, String, i64)>, Value) {
     let resp = srv
@@ -153,7 +145,7 @@ fn median(mut v: Vec<i64>) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_process_streams_live_through_redis() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start(common::free_port());
     let (builder, watcher) = pair(redis.port).await;
     let token = builder.signup("a@example.com").await;
     project(
@@ -195,7 +187,7 @@ async fn a_second_process_streams_live_through_redis() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_going_away_mid_build_loses_nothing() {
-    let port = free_port();
+    let port = common::free_port();
     let mut redis = Redis::start(port);
     let (builder, watcher) = pair(port).await;
     let token = builder.signup("a@example.com").await;

@@ -14,14 +14,6 @@ struct Process {
     port: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(config: &std::path::Path, port: u16) -> Process {
     let child = Command::new(env!("CARGO_BIN_EXE_scalemesh"))
         .args(["serve", "--config"])
@@ -72,7 +64,7 @@ async fn kill_9_mid_build_then_restart() {
     images::ensure();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let port = free_port();
+    let port = common::free_port();
     let config = dir.path().join("scalemesh.toml");
     std::fs::write(&config, format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nbase_domain = \"{}\"\ndata_dir = \"{}\"\n\

@@ -3,8 +3,8 @@
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 
 use super::{DeploymentStatus, deployment, env_var, project};
@@ -104,21 +104,29 @@ pub async fn queue_deployment(
 
 /// Cancels the queued deployments of the same project and ref that `newer` replaces.
 async fn supersede(db: &impl ConnectionTrait, newer: &deployment::Model) -> Result<u64, DbErr> {
+    let older = Condition::all()
+        .add(deployment::Column::ProjectId.eq(newer.project_id))
+        .add(deployment::Column::GitRef.eq(&newer.git_ref))
+        .add(deployment::Column::Status.eq(DeploymentStatus::Queued.as_str()))
+        .add(deployment::Column::Id.ne(&newer.id))
+        .add(deployment::Column::CreatedAt.lte(newer.created_at));
+    mark_canceled(db, older, Some(format!("superseded by {}", newer.short_id))).await
+}
+
+/// Ends every deployment matching `which` as `canceled`, now, with `error`.
+async fn mark_canceled(
+    db: &impl ConnectionTrait,
+    which: Condition,
+    error: Option<String>,
+) -> Result<u64, DbErr> {
     let res = deployment::Entity::update_many()
         .col_expr(
             deployment::Column::Status,
             Expr::value(DeploymentStatus::Canceled.as_str()),
         )
         .col_expr(deployment::Column::FinishedAt, Expr::value(Utc::now()))
-        .col_expr(
-            deployment::Column::Error,
-            Expr::value(format!("superseded by {}", newer.short_id)),
-        )
-        .filter(deployment::Column::ProjectId.eq(newer.project_id))
-        .filter(deployment::Column::GitRef.eq(&newer.git_ref))
-        .filter(deployment::Column::Status.eq(DeploymentStatus::Queued.as_str()))
-        .filter(deployment::Column::Id.ne(&newer.id))
-        .filter(deployment::Column::CreatedAt.lte(newer.created_at))
+        .col_expr(deployment::Column::Error, Expr::value(error))
+        .filter(which)
         .exec(db)
         .await?;
     Ok(res.rows_affected)
@@ -138,22 +146,12 @@ pub async fn cancel_deployment(
     id: &str,
     reason: Option<&str>,
 ) -> Result<bool, DbErr> {
-    let res = deployment::Entity::update_many()
-        .col_expr(
-            deployment::Column::Status,
-            Expr::value(DeploymentStatus::Canceled.as_str()),
-        )
-        .col_expr(deployment::Column::FinishedAt, Expr::value(Utc::now()))
-        .col_expr(
-            deployment::Column::Error,
-            Expr::value(reason.map(str::to_string)),
-        )
-        .filter(deployment::Column::Id.eq(id))
-        .filter(deployment::Column::Status.is_in([
-            DeploymentStatus::Queued.as_str(),
-            DeploymentStatus::Building.as_str(),
-        ]))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected > 0)
+    let unfinished =
+        Condition::all()
+            .add(deployment::Column::Id.eq(id))
+            .add(deployment::Column::Status.is_in([
+                DeploymentStatus::Queued.as_str(),
+                DeploymentStatus::Building.as_str(),
+            ]));
+    Ok(mark_canceled(db, unfinished, reason.map(str::to_string)).await? > 0)
 }

@@ -273,3 +273,12 @@ pub fn containers_with_label(label: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
