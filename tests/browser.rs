@@ -242,6 +242,10 @@ async fn a_new_user_deploys_and_rolls_back_in_a_browser() {
     wait_for_text(&c, ".projects", "site", 10).await;
     assert!(body_text(&c).await.to_lowercase().contains("ready"));
     shot(&c, "10-dashboard").await;
+    c.set_window_size(390, 844).await.unwrap();
+    c.goto(&format!("{base}/projects/site")).await.unwrap();
+    wait_for_text(&c, "table.deployments", "Promote", 10).await;
+    shot(&c, "11-project-phone").await;
 
     c.close().await.unwrap();
     srv.stop().await;
