@@ -117,15 +117,19 @@ pub fn bearer_token(parts: &Parts) -> Option<String> {
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_string());
     }
-    parts
-        .headers
+    cookie(&parts.headers, auth::SESSION_COOKIE).map(str::to_string)
+}
+
+/// The value of cookie `name`, if the request sends it.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == auth::SESSION_COOKIE)
-        .map(|(_, v)| v.to_string())
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// The peer address of the connection (unspecified when the router runs without a

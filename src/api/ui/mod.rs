@@ -26,6 +26,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 
+use crate::api::extract::cookie;
 use crate::app::AppState;
 use crate::auth::{self, Principal};
 
@@ -138,17 +139,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Csrf {
             .cloned()
             .ok_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
-}
-
-fn cookie<'a>(parts: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
-    parts
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// Gives every browser a CSRF cookie, and every handler its value.
