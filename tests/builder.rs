@@ -13,13 +13,9 @@ use scalemesh::config::Config;
 use serde_json::{Value, json};
 
 async fn builder_server(tweak: impl FnOnce(&mut Config)) -> TestServer {
-    images::ensure();
-    TestServer::start_with(Backend::Sqlite, |c| {
-        c.builder.concurrency = 2;
-        c.builder.default_image = images::BUSYBOX.into();
+    common::building_server(|c| {
         c.builder.timeout_secs = 120;
         c.builder.memory_mb = 256;
-        c.builder.network = scalemesh::config::BuildNetwork::None;
         tweak(c);
     })
     .await

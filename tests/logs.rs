@@ -6,17 +6,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestServer, fixtures, images, stored_log, wait_finished};
+use common::{TestServer, fixtures, stored_log, wait_finished};
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn server(tweak: impl FnOnce(&mut scalemesh::config::Config)) -> TestServer {
-    images::ensure();
-    TestServer::start_with(Backend::Sqlite, |c| {
+    common::building_server(|c| {
         c.builder.concurrency = 3;
-        c.builder.default_image = images::BUSYBOX.into();
-        c.builder.network = scalemesh::config::BuildNetwork::None;
         tweak(c);
     })
     .await

@@ -6,16 +6,12 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestServer, fixtures, images, wait_finished};
+use common::{TestServer, fixtures, wait_finished};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn server(tweak: impl FnOnce(&mut scalemesh::config::Config)) -> TestServer {
-    images::ensure();
-    TestServer::start_with(Backend::Sqlite, |c| {
-        c.builder.concurrency = 2;
-        c.builder.default_image = images::BUSYBOX.into();
-        c.builder.network = scalemesh::config::BuildNetwork::None;
+    common::building_server(|c| {
         tweak(c);
     })
     .await

@@ -194,8 +194,15 @@ pub fn error_code(body: &Value) -> String {
 pub mod fixtures;
 pub mod images;
 
-/// Polls a deployment until it is finished (or `secs` pass); returns it.
-pub async fn wait_finished(srv: &TestServer, token: &str, id: &str, secs: u64) -> Value {
+/// Polls a deployment until `done` holds for it (or `secs` pass); returns it.
+async fn wait_for(
+    srv: &TestServer,
+    token: &str,
+    id: &str,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         let (status, d) = srv
@@ -207,15 +214,23 @@ pub async fn wait_finished(srv: &TestServer, token: &str, id: &str, secs: u64) -
             )
             .await;
         assert_eq!(status, 200, "{d}");
-        if matches!(d["status"].as_str(), Some("ready" | "failed" | "canceled")) {
+        if done(&d) {
             return d;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "deployment not finished in {secs} s: {d}"
+            "deployment not {what} in {secs} s: {d}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// Polls a deployment until it is finished (or `secs` pass); returns it.
+pub async fn wait_finished(srv: &TestServer, token: &str, id: &str, secs: u64) -> Value {
+    wait_for(srv, token, id, secs, "finished", |d| {
+        matches!(d["status"].as_str(), Some("ready" | "failed" | "canceled"))
+    })
+    .await
 }
 
 /// Polls until a deployment has `status`.
@@ -226,25 +241,20 @@ pub async fn wait_status(
     status: &str,
     secs: u64,
 ) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        let (_, d) = srv
-            .call(
-                Method::GET,
-                &format!("/api/v1/deployments/{id}"),
-                Some(token),
-                None,
-            )
-            .await;
-        if d["status"] == status {
-            return d;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "deployment not {status} in {secs} s: {d}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_for(srv, token, id, secs, status, |d| d["status"] == status).await
+}
+
+/// A server whose builds run for real on Docker in the busybox test image, without a
+/// network; `tweak` adjusts the rest.
+pub async fn building_server(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    images::ensure();
+    TestServer::start_with(Backend::Sqlite, |c| {
+        c.builder.concurrency = 2;
+        c.builder.default_image = images::BUSYBOX.into();
+        c.builder.network = scalemesh::config::BuildNetwork::None;
+        tweak(c);
+    })
+    .await
 }
 
 /// The stored log of a deployment, as `stream: text` lines, read from the database.
