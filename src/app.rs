@@ -2,16 +2,20 @@
 //! one `AppState`, and serve every role on a listener handed in, until shutdown.
 //!
 //! ```text
-//!   TcpListener ──► app::router ──Host──► base_domain ──► api::router (+ UI)
-//!                                    └──► other hosts ──► proxy::router
+//!   TcpListener ──► app::Dispatch ──Host──► base_domain ──► api::router (+ UI)
+//!                                      └──► other hosts ──► proxy::site
 //! ```
 
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use anyhow::Context;
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response};
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use object_store::ObjectStore;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
@@ -21,6 +25,7 @@ use tower::ServiceExt;
 
 use crate::api::error::ApiError;
 use crate::auth::LoginLimiter;
+use crate::body::ResponseBody;
 use crate::builder::Builder;
 use crate::builder::runner::Runner;
 use crate::builder::runner::docker::DockerRunner;
@@ -30,7 +35,6 @@ use crate::logs::memory::MemoryBus;
 use crate::logs::redis::RedisBus;
 use crate::logs::{DeploymentEvent, LogBus, SystemEvent};
 use crate::metrics::Metrics;
-use crate::proxy::SiteLabel;
 use crate::proxy::cache::SiteCache;
 use crate::proxy::host::{self, Target};
 use crate::proxy::routes::RouteTable;
@@ -185,35 +189,58 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The one router of the listener: the dashboard for `base_domain`, the proxy for
-/// every other host, 400 for a host that cannot be trusted.
-pub fn router(state: AppState) -> Router {
-    let routers = Arc::new((
-        crate::api::router(state.clone()),
-        crate::proxy::router(state.clone()),
-        state.config.server.base_domain.clone(),
-    ));
-    let dispatch = move |req: Request| {
-        let routers = routers.clone();
-        async move {
-            let (dashboard, sites, base) = (&routers.0, &routers.1, &routers.2);
-            match host::classify(req.headers(), req.uri(), base) {
-                Ok(Target::Dashboard) => dashboard.clone().oneshot(req).await.into_response(),
-                Ok(Target::Site(label)) => {
-                    let mut req = req;
-                    req.extensions_mut().insert(SiteLabel(label));
-                    sites.clone().oneshot(req).await.into_response()
-                }
-                Ok(Target::Elsewhere) => sites.clone().oneshot(req).await.into_response(),
-                Err(e) => ApiError::BadRequest {
+/// The one entry of the listener: the dashboard's router for `base_domain`, the proxy
+/// (called directly, with no router in between) for every other host, 400 for a host
+/// that cannot be trusted.
+#[derive(Clone)]
+pub struct Dispatch(Arc<(AppState, Router)>);
+
+impl Dispatch {
+    pub fn new(state: AppState) -> Dispatch {
+        let dashboard = crate::api::router(state.clone());
+        Dispatch(Arc::new((state, dashboard)))
+    }
+
+    /// Answers one request; `peer` is the client's address when it is known.
+    pub async fn handle<B>(&self, mut req: Request<B>, peer: Option<SocketAddr>) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let (state, dashboard) = (&self.0.0, &self.0.1);
+        match host::classify(req.headers(), req.uri(), &state.config.server.base_domain) {
+            Ok(Target::Dashboard) => {}
+            Ok(Target::Site(label)) => {
+                return crate::proxy::site(state, &label, req.method(), req.uri(), req.headers())
+                    .await;
+            }
+            Ok(Target::Elsewhere) => return crate::proxy::no_deployment(),
+            Err(e) => {
+                let error = ApiError::BadRequest {
                     code: "bad_host",
                     message: e.to_string(),
-                }
-                .into_response(),
+                };
+                return error.into_response().map(ResponseBody::from);
             }
         }
-    };
-    Router::new().fallback(dispatch)
+        if let Some(peer) = peer {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        let routed = Box::pin(dashboard.clone().oneshot(req.map(axum::body::Body::new))).await;
+        match routed {
+            Ok(res) => res.map(ResponseBody::from),
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// The listener's dispatch as a router, for `oneshot` tests.
+pub fn router(state: AppState) -> Router {
+    let dispatch = Dispatch::new(state);
+    Router::new().fallback(move |req: axum::extract::Request| {
+        let dispatch = dispatch.clone();
+        async move { dispatch.handle(req, None).await.map(axum::body::Body::new) }
+    })
 }
 
 /// Runs every role of `state` — HTTP on `listener`, build workers when this process
@@ -240,7 +267,7 @@ pub async fn serve(
         header_timeout: std::time::Duration::from_secs(state.config.proxy.header_timeout_secs),
         max_connections: state.config.proxy.max_connections,
     };
-    crate::server::serve(listener, router(state), limits, shutdown.clone()).await;
+    crate::server::serve(listener, Dispatch::new(state), limits, shutdown.clone()).await;
     shutdown.cancel();
     while background.join_next().await.is_some() {}
     Ok(())

@@ -16,6 +16,7 @@
 //! - [`proxy`]: Host routing and the route table of deployments.
 //! - [`builder`]: the build queue, sources, plans and runners.
 //! - [`logs`]: build log persistence and streaming.
+//! - [`body`]: the one response body type of the listener.
 //! - [`server`]: the HTTP accept loop with its limits (slowloris, connection cap).
 //! - [`storage`]: opening the artifact store (`object_store`).
 //! - [`metrics`]: Prometheus metrics.
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod body;
 pub mod builder;
 pub mod config;
 pub mod db;

@@ -10,18 +10,17 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+
+use crate::app::Dispatch;
 
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -37,10 +36,10 @@ const DRAIN: Duration = Duration::from_secs(10);
 const SHED: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n";
 
-/// Serves `router` on `listener` until `shutdown`, then drains.
+/// Serves `dispatch` on `listener` until `shutdown`, then drains.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    dispatch: Dispatch,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
@@ -79,13 +78,11 @@ pub async fn serve(
             });
             continue;
         };
-        let service = router
-            .clone()
-            .map_request(move |mut req: axum::http::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req
-            });
-        let service = TowerToHyperService::new(service.map_err(|e: Infallible| e));
+        let dispatch = dispatch.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let dispatch = dispatch.clone();
+            async move { Ok::<_, Infallible>(dispatch.handle(req, Some(peer)).await) }
+        });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

@@ -204,6 +204,31 @@ async fn every_serving_rule_and_header() {
         .unwrap();
     assert!(r.headers().get("content-encoding").is_none());
 
+    // Each encoding is its own strong ETag and length, the same for HEAD; q=0 refuses.
+    let css = |method: Method, accept: &'static str| {
+        srv.request_host(method, &host("web"), "/css/site.css")
+            .header("accept-encoding", accept)
+    };
+    let r = css(Method::GET, "gzip;q=0.5, br").send().await.unwrap();
+    assert_eq!(r.headers()["content-encoding"], "br");
+    assert_eq!(r.headers()["vary"], "accept-encoding");
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.ends_with("-br\""), "{etag}");
+    let length = r.bytes().await.unwrap().len();
+    let r = css(Method::HEAD, "br").send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], length.to_string().as_str());
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    let r = css(Method::GET, "br")
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = css(Method::GET, "br;q=0, gzip;q=0").send().await.unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+    assert_eq!(r.headers()["vary"], "accept-encoding");
+    assert_eq!(r.bytes().await.unwrap().len(), CSS.len() * 20);
+
     // The per-deployment hostname is immutable; assets there may be cached for long.
     let label = format!("web-{short}");
     let r = get(&srv, &label, "/css/site.css").await;

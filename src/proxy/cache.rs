@@ -1,80 +1,223 @@
-//! The hot-object cache of the proxy: manifests and small files of deployments, in
-//! memory, bounded by `proxy.cache_mb`, so popular files are served without a store
-//! round trip. Deployments are immutable, so an entry never goes stale; entries of a
-//! deployment that no hostname serves any more are dropped.
+//! The hot-object cache of the proxy, in memory and bounded by `proxy.cache_mb`:
+//!
+//! - each deployment's manifest, *prepared* once into a [`Site`]: every header value a
+//!   response needs is built when the manifest is read, not per request;
+//! - the bodies of small files, as stored and compressed (gzip, brotli), so a popular
+//!   file is served without a store round trip and compressed once, not per request.
+//!
+//! Deployments are immutable, so an entry never goes stale; entries of a deployment
+//! that no hostname serves any more are dropped.
 
+use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 
+use axum::http::HeaderValue;
 use bytes::Bytes;
-use moka::future::Cache;
+use moka::sync::Cache;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::builder::upload::{Manifest, file_location, read_manifest};
 
+/// Text smaller than this is sent as it is: compressing would not pay.
+const MIN_COMPRESS: u64 = 256;
+
+/// How a body is encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Brotli,
+}
+
+impl Encoding {
+    pub fn header(self) -> Option<HeaderValue> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Gzip => Some(HeaderValue::from_static("gzip")),
+            Encoding::Brotli => Some(HeaderValue::from_static("br")),
+        }
+    }
+}
+
+/// One file of a deployment, with the header values of its responses.
+pub struct SiteFile {
+    /// Its position in the manifest: with the deployment, the key of its cached bodies.
+    pub index: u32,
+    pub size: u64,
+    pub content_type: HeaderValue,
+    /// The strong ETag of each encoding (they are different bytes).
+    pub etag: HeaderValue,
+    pub etag_gzip: HeaderValue,
+    pub etag_brotli: HeaderValue,
+    pub html: bool,
+    /// Text large enough to be worth compressing.
+    pub compressible: bool,
+}
+
+impl SiteFile {
+    pub fn etag(&self, encoding: Encoding) -> &HeaderValue {
+        match encoding {
+            Encoding::Identity => &self.etag,
+            Encoding::Gzip => &self.etag_gzip,
+            Encoding::Brotli => &self.etag_brotli,
+        }
+    }
+}
+
+/// A deployment's manifest, ready to serve from.
+pub struct Site {
+    pub files: HashMap<Box<str>, SiteFile>,
+}
+
+impl Site {
+    pub fn prepare(manifest: Manifest) -> Site {
+        let files = manifest
+            .files
+            .into_iter()
+            .enumerate()
+            .map(|(index, (path, entry))| {
+                let hash = &entry.sha256[..32.min(entry.sha256.len())];
+                let etag = |suffix: &str| {
+                    HeaderValue::from_str(&format!("\"{hash}{suffix}\""))
+                        .unwrap_or(HeaderValue::from_static("\"\""))
+                };
+                let content_type = HeaderValue::from_str(&entry.content_type)
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+                let file = SiteFile {
+                    index: index as u32,
+                    size: entry.size,
+                    etag: etag(""),
+                    etag_gzip: etag("-gz"),
+                    etag_brotli: etag("-br"),
+                    html: entry.content_type.starts_with("text/html"),
+                    compressible: entry.content_type.contains("charset=utf-8")
+                        && entry.size >= MIN_COMPRESS,
+                    content_type,
+                };
+                (path.into_boxed_str(), file)
+            })
+            .collect();
+        Site { files }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BodyKey {
+    deployment: Arc<str>,
+    file: u32,
+    encoding: Encoding,
+}
+
 pub struct SiteCache {
-    manifests: Cache<Arc<str>, Arc<Manifest>>,
-    files: Cache<(Arc<str>, Arc<str>), Bytes>,
-    /// Files larger than this are read from the store each time.
+    sites: Cache<Arc<str>, Arc<Site>>,
+    bodies: Cache<BodyKey, Bytes>,
+    /// Files larger than this are read from the store each time and sent as they are.
     max_entry: u64,
 }
 
 impl SiteCache {
     pub fn new(max_bytes: u64) -> SiteCache {
         SiteCache {
-            manifests: Cache::builder()
+            sites: Cache::builder()
                 .max_capacity(10_000)
                 .support_invalidation_closures()
                 .build(),
-            files: Cache::builder()
+            bodies: Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|(_, path): &(Arc<str>, Arc<str>), body: &Bytes| {
-                    (body.len() + path.len() + 64)
-                        .try_into()
-                        .unwrap_or(u32::MAX)
-                })
+                .weigher(|_, body: &Bytes| (body.len() + 96).try_into().unwrap_or(u32::MAX))
                 .support_invalidation_closures()
                 .build(),
             max_entry: (max_bytes / 16).max(64 * 1024),
         }
     }
 
-    /// The manifest of a deployment, read from the store once.
-    pub async fn manifest(
+    /// The prepared manifest of a deployment, if it is in memory.
+    pub fn site_cached(&self, deployment_id: &Arc<str>) -> Option<Arc<Site>> {
+        self.sites.get(deployment_id)
+    }
+
+    /// The prepared manifest of a deployment, read from the store on a miss.
+    pub async fn site(
         &self,
         store: &Arc<dyn ObjectStore>,
         deployment_id: &Arc<str>,
-    ) -> anyhow::Result<Arc<Manifest>> {
-        if let Some(m) = self.manifests.get(deployment_id).await {
-            return Ok(m);
+    ) -> anyhow::Result<Arc<Site>> {
+        if let Some(site) = self.sites.get(deployment_id) {
+            return Ok(site);
         }
-        let m = Arc::new(read_manifest(store.as_ref(), deployment_id).await?);
-        self.manifests
-            .insert(deployment_id.clone(), m.clone())
-            .await;
-        Ok(m)
+        let manifest = read_manifest(store.as_ref(), deployment_id).await?;
+        let site = Arc::new(Site::prepare(manifest));
+        self.sites.insert(deployment_id.clone(), site.clone());
+        Ok(site)
     }
 
-    /// The bytes of one file of a deployment.
-    pub async fn file(
+    /// The encoding a file is sent in, given what the client accepts: compressed only
+    /// when it pays and the result can be kept.
+    pub fn encoding_for(&self, file: &SiteFile, accepted: Encoding) -> Encoding {
+        if file.compressible && file.size <= self.max_entry {
+            accepted
+        } else {
+            Encoding::Identity
+        }
+    }
+
+    /// A file's body in `encoding`, if it is in memory.
+    pub fn body_cached(
+        &self,
+        deployment_id: &Arc<str>,
+        file: &SiteFile,
+        encoding: Encoding,
+    ) -> Option<Bytes> {
+        self.bodies.get(&BodyKey {
+            deployment: deployment_id.clone(),
+            file: file.index,
+            encoding,
+        })
+    }
+
+    /// A file's body in `encoding`: from memory, else read from the store (and
+    /// compressed, off the async threads) and kept when it is small enough.
+    pub async fn body(
         &self,
         store: &Arc<dyn ObjectStore>,
         deployment_id: &Arc<str>,
         path: &str,
-        size: u64,
+        file: &SiteFile,
+        encoding: Encoding,
     ) -> anyhow::Result<Bytes> {
-        let key = (deployment_id.clone(), Arc::<str>::from(path));
-        if let Some(body) = self.files.get(&key).await {
+        if let Some(body) = self.body_cached(deployment_id, file, encoding) {
             return Ok(body);
         }
-        let body = store
-            .get(&file_location(deployment_id, path))
-            .await?
-            .bytes()
-            .await?;
-        if size <= self.max_entry {
-            self.files.insert(key, body.clone()).await;
+        let identity = match self.body_cached(deployment_id, file, Encoding::Identity) {
+            Some(body) => body,
+            None => {
+                let body = store
+                    .get(&file_location(deployment_id, path))
+                    .await?
+                    .bytes()
+                    .await?;
+                self.keep(deployment_id, file, Encoding::Identity, &body);
+                body
+            }
+        };
+        if encoding == Encoding::Identity {
+            return Ok(identity);
         }
+        let body = tokio::task::spawn_blocking(move || compress(&identity, encoding)).await??;
+        self.keep(deployment_id, file, encoding, &body);
         Ok(body)
+    }
+
+    fn keep(&self, deployment_id: &Arc<str>, file: &SiteFile, encoding: Encoding, body: &Bytes) {
+        if file.size <= self.max_entry {
+            let key = BodyKey {
+                deployment: deployment_id.clone(),
+                file: file.index,
+                encoding,
+            };
+            self.bodies.insert(key, body.clone());
+        }
     }
 
     /// Drops every entry of these deployments.
@@ -84,17 +227,60 @@ impl SiteCache {
         }
         let gone: std::collections::HashSet<Arc<str>> = deployment_ids.iter().cloned().collect();
         let g = gone.clone();
+        let _ = self.sites.invalidate_entries_if(move |id, _| g.contains(id));
         let _ = self
-            .manifests
-            .invalidate_entries_if(move |id, _| g.contains(id));
-        let _ = self
-            .files
-            .invalidate_entries_if(move |(id, _), _| gone.contains(id));
+            .bodies
+            .invalidate_entries_if(move |key, _| gone.contains(&key.deployment));
     }
 
-    /// Bytes of files held now (for tests and metrics).
-    pub async fn weighted_size(&self) -> u64 {
-        self.files.run_pending_tasks().await;
-        self.files.weighted_size()
+    /// Bytes of bodies held now (for tests and metrics).
+    pub fn weighted_size(&self) -> u64 {
+        self.bodies.run_pending_tasks();
+        self.bodies.weighted_size()
+    }
+}
+
+/// Compresses a body once; brotli at a level that is fast enough on a miss and still
+/// well ahead of gzip.
+fn compress(body: &[u8], encoding: Encoding) -> std::io::Result<Bytes> {
+    let mut out = Vec::with_capacity(body.len() / 3 + 64);
+    match encoding {
+        Encoding::Identity => return Ok(Bytes::copy_from_slice(body)),
+        Encoding::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::new(6));
+            gz.write_all(body)?;
+            gz.finish()?;
+        }
+        Encoding::Brotli => {
+            let mut br = brotli::CompressorWriter::new(&mut out, 4096, 6, 22);
+            br.write_all(body)?;
+            drop(br); // finishes the stream
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn compressed_bodies_decode_to_the_original() {
+        let text = "body { color: red }\n".repeat(200);
+        let gz = compress(text.as_bytes(), Encoding::Gzip).unwrap();
+        let mut back = String::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut back)
+            .unwrap();
+        assert_eq!(back, text);
+        let br = compress(text.as_bytes(), Encoding::Brotli).unwrap();
+        let mut back = String::new();
+        brotli::Decompressor::new(&br[..], 4096)
+            .read_to_string(&mut back)
+            .unwrap();
+        assert_eq!(back, text);
+        assert!(br.len() < text.len() / 10 && gz.len() < text.len() / 10);
     }
 }

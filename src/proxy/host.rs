@@ -4,15 +4,18 @@
 //! Only a request whose host is exactly `base_domain` ever reaches the dashboard;
 //! everything else is a deployment's hostname or nothing.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderMap, Uri, header};
 
 /// Where a request goes.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Target {
+pub enum Target<'a> {
     /// Exactly `base_domain`: the dashboard and the API.
     Dashboard,
-    /// `<label>.<base_domain>`: look `label` up in the route table.
-    Site(String),
+    /// `<label>.<base_domain>`: look `label` up in the route table. Borrowed from the
+    /// request when it was already lowercase, as it nearly always is.
+    Site(Cow<'a, str>),
     /// Any other well-formed host: no deployment is there.
     Elsewhere,
 }
@@ -31,7 +34,11 @@ pub enum HostError {
 }
 
 /// Classifies a request by host against `base_domain` (already lowercase).
-pub fn classify(headers: &HeaderMap, uri: &Uri, base_domain: &str) -> Result<Target, HostError> {
+pub fn classify<'a>(
+    headers: &'a HeaderMap,
+    uri: &'a Uri,
+    base_domain: &str,
+) -> Result<Target<'a>, HostError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let header_host = hosts.next();
     if hosts.next().is_some() {
@@ -54,18 +61,25 @@ pub fn classify(headers: &HeaderMap, uri: &Uri, base_domain: &str) -> Result<Tar
     if host == base_domain {
         return Ok(Target::Dashboard);
     }
-    match host
+    let label_len = match host
         .strip_suffix(base_domain)
         .and_then(|rest| rest.strip_suffix('.'))
     {
-        Some(label) if crate::names::is_dns_label(label) => Ok(Target::Site(label.to_string())),
-        _ => Ok(Target::Elsewhere),
-    }
+        Some(label) if crate::names::is_dns_label(label) => label.len(),
+        _ => return Ok(Target::Elsewhere),
+    };
+    Ok(Target::Site(match host {
+        Cow::Borrowed(h) => Cow::Borrowed(&h[..label_len]),
+        Cow::Owned(mut h) => {
+            h.truncate(label_len);
+            Cow::Owned(h)
+        }
+    }))
 }
 
 /// `Example.COM.:8080` → `example.com`; refuses anything that is not a host name or
-/// an IP literal.
-pub fn normalize(raw: &str) -> Result<String, HostError> {
+/// an IP literal. Allocates only when there is something to lowercase.
+pub fn normalize(raw: &str) -> Result<Cow<'_, str>, HostError> {
     let raw = raw.rsplit('@').next().unwrap_or(raw);
     let host = if raw.starts_with('[') {
         let end = raw.find(']').ok_or(HostError::Invalid)?;
@@ -73,7 +87,7 @@ pub fn normalize(raw: &str) -> Result<String, HostError> {
         if !(rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port)) {
             return Err(HostError::Invalid);
         }
-        return Ok(raw[..=end].to_ascii_lowercase());
+        return Ok(Cow::Owned(raw[..=end].to_ascii_lowercase()));
     } else {
         match raw.rsplit_once(':') {
             Some((h, port)) if is_port(port) => h,
@@ -81,7 +95,7 @@ pub fn normalize(raw: &str) -> Result<String, HostError> {
             None => raw,
         }
     };
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(host);
     let valid = !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
@@ -91,10 +105,12 @@ pub fn normalize(raw: &str) -> Result<String, HostError> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
-    if valid {
-        Ok(host)
-    } else {
+    if !valid {
         Err(HostError::Invalid)
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(host))
     }
 }
 
@@ -115,8 +131,14 @@ mod tests {
         h
     }
 
-    fn target(host: &str) -> Result<Target, HostError> {
-        classify(&with_host(&[host]), &Uri::from_static("/"), "sm.test")
+    fn target(host: &str) -> Result<Target<'static>, HostError> {
+        let (headers, uri) = (with_host(&[host]), Uri::from_static("/"));
+        let target = classify(&headers, &uri, "sm.test")?;
+        Ok(match target {
+            Target::Site(label) => Target::Site(label.into_owned().into()),
+            Target::Dashboard => Target::Dashboard,
+            Target::Elsewhere => Target::Elsewhere,
+        })
     }
 
     #[test]
