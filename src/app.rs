@@ -109,6 +109,8 @@ impl AppState {
             .await
             .context("loading the route table")?;
         let site_cache = Arc::new(SiteCache::new(config.proxy.cache_mb * 1024 * 1024));
+        let metrics = Arc::new(Metrics::default());
+        metrics.routes.set(routes.len() as i64);
         Ok(AppState(Arc::new(Shared {
             site_cache,
             config: Arc::new(config),
@@ -117,7 +119,7 @@ impl AppState {
             runner,
             bus,
             routes,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             login_limiter: Arc::new(LoginLimiter::default()),
             queue_wakeup: Arc::new(Notify::new()),
             url_parts,
@@ -140,7 +142,10 @@ impl AppState {
     /// Reloads the route table and forgets cached files of deployments it dropped.
     pub async fn reload_routes(&self) {
         match self.routes.reload(&self.db).await {
-            Ok(gone) => self.site_cache.forget(&gone),
+            Ok(gone) => {
+                self.site_cache.forget(&gone);
+                self.metrics.routes.set(self.routes.len() as i64);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "route table reload failed; the periodic reload will retry");
             }
@@ -202,7 +207,11 @@ impl Dispatch {
     }
 
     /// Answers one request; `peer` is the client's address when it is known.
-    pub async fn handle<B>(&self, mut req: Request<B>, peer: Option<SocketAddr>) -> Response<ResponseBody>
+    pub async fn handle<B>(
+        &self,
+        mut req: Request<B>,
+        peer: Option<SocketAddr>,
+    ) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -211,6 +220,7 @@ impl Dispatch {
         match host::classify(req.headers(), req.uri(), &state.config.server.base_domain) {
             Ok(Target::Dashboard) => {}
             Ok(Target::Site(label)) => {
+                state.metrics.site_requests.inc();
                 return crate::proxy::site(state, &label, req.method(), req.uri(), req.headers())
                     .await;
             }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +32,10 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Requests for deployments (one atomic add each: the proxy's path stays lean).
+    pub site_requests: Counter,
+    /// Hostnames in the route table.
+    pub routes: Gauge,
 }
 
 impl Default for Metrics {
@@ -51,10 +56,20 @@ impl Default for Metrics {
             "Time to answer HTTP requests, by route",
             http_duration.clone(),
         );
+        let site_requests = Counter::default();
+        registry.register(
+            "site_requests",
+            "Requests for deployments' hostnames",
+            site_requests.clone(),
+        );
+        let routes = Gauge::default();
+        registry.register("routes", "Hostnames in the route table", routes.clone());
         Metrics {
             registry,
             http_requests,
             http_duration,
+            site_requests,
+            routes,
         }
     }
 }

@@ -227,7 +227,9 @@ impl SiteCache {
         }
         let gone: std::collections::HashSet<Arc<str>> = deployment_ids.iter().cloned().collect();
         let g = gone.clone();
-        let _ = self.sites.invalidate_entries_if(move |id, _| g.contains(id));
+        let _ = self
+            .sites
+            .invalidate_entries_if(move |id, _| g.contains(id));
         let _ = self
             .bodies
             .invalidate_entries_if(move |key, _| gone.contains(&key.deployment));

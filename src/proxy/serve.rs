@@ -20,7 +20,8 @@ use crate::body::ResponseBody;
 pub type SiteResponse = Response<ResponseBody>;
 
 const HTML_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=0, must-revalidate");
-const IMMUTABLE_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+const IMMUTABLE_CACHE: HeaderValue =
+    HeaderValue::from_static("public, max-age=31536000, immutable");
 const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
 
 /// A path a request may name, or why not.
@@ -236,7 +237,11 @@ async fn file_response(
     let (status, start, end) = match range {
         Range::Unsatisfiable => {
             *res.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-            set(&mut res, header::CONTENT_RANGE, format!("bytes */{}", file.size));
+            set(
+                &mut res,
+                header::CONTENT_RANGE,
+                format!("bytes */{}", file.size),
+            );
             return res;
         }
         Range::Part(a, b) => {
