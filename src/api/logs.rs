@@ -1,15 +1,11 @@
 //! `/api/v1/deployments/{id}/logs`: the stored log as JSON pages, and the live SSE
 //! stream. Same ownership checks as every other route: another user's deployment is 404.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
-use axum::response::sse::{KeepAlive, Sse};
 use serde::{Deserialize, Serialize};
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -93,9 +89,12 @@ async fn stream_logs(
         .and_then(|v| v.trim().parse::<i64>().ok());
     let after = last_event_id.or(q.after).unwrap_or(0).max(0);
     let rx = stream::start(state.db.clone(), state.bus.clone(), d.id, after).await;
-    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(15))
-            .text("keep-alive"),
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        stream::body(rx),
     ))
 }

@@ -20,6 +20,7 @@ pub mod writer;
 
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -65,24 +66,47 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// A line on its way to live watchers, with its JSON rendered once: a thousand SSE
-/// clients of one build share one serialisation and one allocation.
+/// A line on its way to live watchers, with its SSE event rendered once: a thousand
+/// SSE clients of one build share one serialisation and one allocation.
 #[derive(Debug, PartialEq, Eq)]
 pub struct LiveLine {
     pub line: LogLine,
-    json: String,
+    sse: Bytes,
 }
 
 impl LiveLine {
     pub fn new(line: LogLine) -> Arc<LiveLine> {
-        let json = serde_json::to_string(&line).unwrap_or_default();
-        Arc::new(LiveLine { line, json })
+        let mut sse = BytesMut::new();
+        line.write_sse(&mut sse);
+        Arc::new(LiveLine {
+            line,
+            sse: sse.freeze(),
+        })
     }
 
-    /// `{"seq", "ts", "stream", "text"}`, as the API and the SSE stream send it.
-    pub fn json(&self) -> &str {
-        &self.json
+    /// The line's `log` event, as the SSE stream sends it.
+    pub fn sse(&self) -> &Bytes {
+        &self.sse
     }
+}
+
+impl LogLine {
+    /// Appends the line's SSE event: `id` = seq, `event: log`, `data` = the line's JSON
+    /// (`{"seq", "ts", "stream", "text"}`, as the API sends it; one line, JSON escapes
+    /// every newline).
+    pub fn write_sse(&self, out: &mut BytesMut) {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        sse_event(out, Some(self.seq), "log", &json);
+    }
+}
+
+/// Appends one SSE event (`data` must hold no newline).
+pub fn sse_event(out: &mut BytesMut, id: Option<i64>, event: &str, data: &str) {
+    use std::fmt::Write;
+    if let Some(id) = id {
+        let _ = write!(out, "id: {id}\n");
+    }
+    let _ = write!(out, "event: {event}\ndata: {data}\n\n");
 }
 
 /// What the bus carries for one deployment.

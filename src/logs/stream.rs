@@ -14,33 +14,42 @@
 //! database is the truth the stream always falls back on.
 
 use std::convert::Infallible;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::sse::Event;
-use futures::StreamExt;
+use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::history::lines_after;
-use super::{DeploymentEvent, LiveLine, LogBus, LogLine};
+use super::{DeploymentEvent, LiveLine, LogBus, sse_event};
 use crate::db::{DeploymentStatus, deployment};
 
 const PAGE: u64 = 1000;
-/// How often the database is read when no bus events arrive.
-const POLL: Duration = Duration::from_millis(500);
+/// How long the bus may be quiet before the database is asked (another process, a
+/// missed event, a bus that is down).
+const POLL: Duration = Duration::from_secs(1);
+/// A comment at least this often keeps proxies from closing a quiet stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Quiet time after a final status before `end`, for a line still on its way.
 const DRAIN: Duration = Duration::from_millis(300);
+/// Events already waiting are sent together, in one write, up to this many bytes.
+const BATCH: usize = 64 * 1024;
 
-/// Starts streaming `deployment_id` after seq `after` into an SSE event channel.
+/// Starts streaming `deployment_id` after seq `after`: chunks of SSE events, each
+/// written to the client at once.
 pub async fn start(
     db: DatabaseConnection,
     bus: Arc<dyn LogBus>,
     deployment_id: String,
     after: i64,
-) -> mpsc::Receiver<Result<Event, Infallible>> {
-    let (tx, rx) = mpsc::channel(64);
+) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(8);
     // Subscribe before anything is read, so nothing falls between history and live.
     let live = bus.subscribe(&deployment_id).await.ok();
     tokio::spawn(async move {
@@ -51,6 +60,8 @@ pub async fn start(
             deployment_id,
             last: after,
             status: None,
+            out: BytesMut::new(),
+            last_flush: Instant::now(),
         };
         if let Err(Closed) = s.run(live).await {
             // The client went away.
@@ -59,50 +70,75 @@ pub async fn start(
     rx
 }
 
+/// The response body of a stream started by [`start`].
+pub fn body(rx: mpsc::Receiver<Bytes>) -> axum::body::Body {
+    axum::body::Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>))
+}
+
 struct Closed;
+
+type Live = BoxStream<'static, DeploymentEvent>;
 
 struct LogStream {
     db: DatabaseConnection,
     bus: Arc<dyn LogBus>,
-    tx: mpsc::Sender<Result<Event, Infallible>>,
+    tx: mpsc::Sender<Bytes>,
     deployment_id: String,
     last: i64,
     status: Option<DeploymentStatus>,
+    /// Events not yet handed to the client's connection.
+    out: BytesMut,
+    last_flush: Instant,
 }
 
 impl LogStream {
-    async fn run(
-        &mut self,
-        mut live: Option<BoxStream<'static, DeploymentEvent>>,
-    ) -> Result<(), Closed> {
+    async fn run(&mut self, mut live: Option<Live>) -> Result<(), Closed> {
         self.catch_up(i64::MAX).await?;
         let Some(status) = self.read_status().await else {
             return Ok(());
         };
-        self.send_status(status).await?;
+        self.status_event(status);
+        self.flush().await?;
         if status.is_finished() {
             return self.end(status).await;
         }
+        // One timer for the whole stream, reset only when it fires: a live line costs
+        // no timer work.
+        let mut tick = pin!(tokio::time::sleep(POLL));
+        let mut last_event = Instant::now();
         loop {
             let next = match live.as_mut() {
-                Some(stream) => match tokio::time::timeout(POLL, stream.next()).await {
-                    Ok(Some(event)) => Next::Event(event),
-                    Ok(None) => Next::Gone,
-                    Err(_) => Next::Quiet,
+                Some(stream) => tokio::select! {
+                    biased;
+                    event = stream.next() => event.map_or(Next::Gone, Next::Event),
+                    () = &mut tick => Next::Tick,
                 },
                 None => {
-                    tokio::time::sleep(POLL).await;
-                    Next::Quiet
+                    (&mut tick).await;
+                    Next::Tick
                 }
             };
             match next {
-                Next::Event(DeploymentEvent::Line(line)) => self.live_line(line).await?,
-                Next::Event(DeploymentEvent::Status { status }) => {
-                    self.send_status(status).await?;
-                    if status.is_finished() {
+                Next::Event(event) => {
+                    last_event = Instant::now();
+                    let mut finished = self.event(event).await?;
+                    // Whatever else is already waiting goes out in the same write.
+                    while finished.is_none() && self.out.len() < BATCH {
+                        let Some(stream) = live.as_mut() else { break };
+                        match stream.next().now_or_never() {
+                            Some(Some(event)) => finished = self.event(event).await?,
+                            Some(None) => {
+                                live = None;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if let Some(status) = finished {
                         self.drain(live.as_mut()).await?;
                         return self.end(status).await;
                     }
+                    self.flush().await?;
                 }
                 Next::Gone => {
                     // The bus dropped us: we fell behind, or it went away. Listen again;
@@ -111,18 +147,38 @@ impl LogStream {
                     live = self.bus.subscribe(&self.deployment_id).await.ok();
                     self.catch_up(i64::MAX).await?;
                 }
-                Next::Quiet => {
-                    // Quiet: the database may know more (another process, a missed event).
-                    self.catch_up(i64::MAX).await?;
-                    match self.read_status().await {
-                        Some(status) if status.is_finished() => {
-                            self.send_status(status).await?;
-                            return self.end(status).await;
+                Next::Tick => {
+                    tick.as_mut().reset(Instant::now() + POLL);
+                    if last_event.elapsed() >= POLL {
+                        self.catch_up(i64::MAX).await?;
+                        match self.read_status().await {
+                            Some(status) if status.is_finished() => {
+                                self.status_event(status);
+                                return self.end(status).await;
+                            }
+                            Some(status) => self.status_event(status),
+                            None => return Ok(()),
                         }
-                        Some(status) => self.send_status(status).await?,
-                        None => return Ok(()),
                     }
+                    if self.out.is_empty() && self.last_flush.elapsed() >= KEEP_ALIVE {
+                        self.out.extend_from_slice(b": keep-alive\n\n");
+                    }
+                    self.flush().await?;
                 }
+            }
+        }
+    }
+
+    /// Takes in one live event; returns the final status when it is one.
+    async fn event(&mut self, event: DeploymentEvent) -> Result<Option<DeploymentStatus>, Closed> {
+        match event {
+            DeploymentEvent::Line(line) => {
+                self.live_line(line).await?;
+                Ok(None)
+            }
+            DeploymentEvent::Status { status } => {
+                self.status_event(status);
+                Ok(status.is_finished().then_some(status))
             }
         }
     }
@@ -136,7 +192,8 @@ impl LogStream {
             self.fill_gap(seq).await?;
         }
         if seq == self.last + 1 {
-            self.send_json(seq, live.json()).await?;
+            self.out.extend_from_slice(live.sse());
+            self.last = seq;
         }
         Ok(())
     }
@@ -154,29 +211,29 @@ impl LogStream {
         Ok(())
     }
 
-    /// Sends stored lines after `last`, up to `upto`.
+    /// Sends stored lines after `last`, up to `upto`, a page per write.
     async fn catch_up(&mut self, upto: i64) -> Result<(), Closed> {
         loop {
-            let page = lines_after(&self.db, &self.deployment_id, self.last, PAGE)
+            // Boxed: an idle stream does not carry a query's state around.
+            let page = Box::pin(lines_after(&self.db, &self.deployment_id, self.last, PAGE))
                 .await
                 .unwrap_or_default();
             let n = page.len() as u64;
             for line in page.into_iter().take_while(|l| l.seq <= upto) {
                 if line.seq != self.last + 1 {
-                    return Ok(());
+                    break;
                 }
-                self.send_line(&line).await?;
+                line.write_sse(&mut self.out);
+                self.last = line.seq;
             }
+            self.flush().await?;
             if n < PAGE || self.last >= upto {
                 return Ok(());
             }
         }
     }
 
-    async fn drain(
-        &mut self,
-        live: Option<&mut BoxStream<'static, DeploymentEvent>>,
-    ) -> Result<(), Closed> {
+    async fn drain(&mut self, live: Option<&mut Live>) -> Result<(), Closed> {
         if let Some(stream) = live {
             while let Ok(Some(event)) = tokio::time::timeout(DRAIN, stream.next()).await {
                 if let DeploymentEvent::Line(line) = event {
@@ -190,41 +247,35 @@ impl LogStream {
     async fn end(&mut self, status: DeploymentStatus) -> Result<(), Closed> {
         self.catch_up(i64::MAX).await?;
         let data = serde_json::json!({ "status": status }).to_string();
-        self.send(Event::default().event("end").data(data)).await
+        sse_event(&mut self.out, None, "end", &data);
+        self.flush().await
     }
 
     async fn read_status(&self) -> Option<DeploymentStatus> {
-        deployment::Entity::find_by_id(self.deployment_id.clone())
-            .one(&self.db)
+        Box::pin(deployment::Entity::find_by_id(self.deployment_id.clone()).one(&self.db))
             .await
             .ok()
             .flatten()
             .map(|d| d.status())
     }
 
-    async fn send_status(&mut self, status: DeploymentStatus) -> Result<(), Closed> {
+    fn status_event(&mut self, status: DeploymentStatus) {
         if self.status == Some(status) {
-            return Ok(());
+            return;
         }
         self.status = Some(status);
         let data = serde_json::json!({ "status": status }).to_string();
-        self.send(Event::default().event("status").data(data)).await
+        sse_event(&mut self.out, None, "status", &data);
     }
 
-    async fn send_line(&mut self, line: &LogLine) -> Result<(), Closed> {
-        let data = serde_json::to_string(line).unwrap_or_default();
-        self.send_json(line.seq, &data).await
-    }
-
-    async fn send_json(&mut self, seq: i64, json: &str) -> Result<(), Closed> {
-        self.send(Event::default().id(seq.to_string()).event("log").data(json))
-            .await?;
-        self.last = seq;
-        Ok(())
-    }
-
-    async fn send(&self, event: Event) -> Result<(), Closed> {
-        self.tx.send(Ok(event)).await.map_err(|_| Closed)
+    /// Hands what is pending to the client's connection (waiting while it is full).
+    async fn flush(&mut self) -> Result<(), Closed> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.out).freeze();
+        self.last_flush = Instant::now();
+        self.tx.send(chunk).await.map_err(|_| Closed)
     }
 }
 
@@ -233,6 +284,6 @@ enum Next {
     Event(DeploymentEvent),
     /// The bus stream ended.
     Gone,
-    /// Nothing for a while.
-    Quiet,
+    /// The timer fired.
+    Tick,
 }
