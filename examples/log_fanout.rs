@@ -1,6 +1,7 @@
 //! Load client of `bench/log-fanout`: opens N SSE streams of one deployment's log,
 //! waits until the build ends, and prints the latency from each line's `ts` (when the
-//! writer stored it) to its arrival, over all clients: p50, p99, max.
+//! writer stored it) to its arrival, over all clients: p50, p99, max. Lines written
+//! before every stream was open arrive as history, not live, and are not counted.
 //!
 //! Usage: log_fanout ADDR HOST TOKEN DEPLOYMENT_ID CLIENTS READY_FILE
 //! (READY_FILE is created once every stream is open, so the caller can measure RSS.)
@@ -16,7 +17,7 @@ async fn client(
     token: String,
     id: String,
     opened: tokio::sync::mpsc::Sender<()>,
-) -> Vec<f64> {
+) -> Vec<(i64, f64)> {
     let mut stream = TcpStream::connect(&addr).await.expect("connect");
     let request = format!(
         "GET /api/v1/deployments/{id}/logs/stream HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
@@ -51,12 +52,9 @@ async fn client(
                 .and_then(|r| r.split('"').next())
                 && let Ok(ts) = chrono::DateTime::parse_from_rfc3339(ts)
             {
-                delays.push(
-                    (now - ts.with_timezone(&chrono::Utc))
-                        .num_microseconds()
-                        .unwrap_or(0) as f64
-                        / 1000.0,
-                );
+                let ts = ts.with_timezone(&chrono::Utc);
+                let delay = (now - ts).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                delays.push((ts.timestamp_micros(), delay));
             }
         }
     }
@@ -86,21 +84,27 @@ async fn main() {
     for _ in 0..n {
         rx.recv().await;
     }
+    let open_at = chrono::Utc::now().timestamp_micros();
     std::fs::write(ready, "open").expect("ready file");
     let mut all = Vec::new();
     let mut per_client = Vec::new();
     for t in tasks {
         let d = t.await.expect("client");
         per_client.push(d.len());
-        all.extend(d);
+        all.extend(
+            d.into_iter()
+                .filter(|(ts, _)| *ts >= open_at)
+                .map(|(_, delay)| delay),
+        );
     }
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     println!(
-        "sse clients={} lines/client min={} max={} latency ms p50={:.2} p99={:.2} max={:.2}",
+        "sse clients={} lines/client min={} max={} live lines counted={} latency ms p50={:.2} p99={:.2} max={:.2}",
         n,
         per_client.iter().min().unwrap(),
         per_client.iter().max().unwrap(),
+        all.len(),
         pct(0.50),
         pct(0.99),
         all[all.len() - 1]

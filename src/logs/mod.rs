@@ -104,7 +104,7 @@ impl LogLine {
 pub fn sse_event(out: &mut BytesMut, id: Option<i64>, event: &str, data: &str) {
     use std::fmt::Write;
     if let Some(id) = id {
-        let _ = write!(out, "id: {id}\n");
+        let _ = writeln!(out, "id: {id}");
     }
     let _ = write!(out, "event: {event}\ndata: {data}\n\n");
 }

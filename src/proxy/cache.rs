@@ -21,6 +21,9 @@ use crate::builder::upload::{Manifest, file_location, read_manifest};
 
 /// Text smaller than this is sent as it is: compressing would not pay.
 const MIN_COMPRESS: u64 = 256;
+/// Text up to this many times the largest kept body is compressed: text shrinks at
+/// least that much, so the compressed body is kept and compressing happens once.
+const COMPRESS_RATIO: u64 = 4;
 
 /// How a body is encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,7 +115,7 @@ struct BodyKey {
 pub struct SiteCache {
     sites: Cache<Arc<str>, Arc<Site>>,
     bodies: Cache<BodyKey, Bytes>,
-    /// Files larger than this are read from the store each time and sent as they are.
+    /// Bodies larger than this are not kept: they are read from the store each time.
     max_entry: u64,
 }
 
@@ -152,10 +155,10 @@ impl SiteCache {
         Ok(site)
     }
 
-    /// The encoding a file is sent in, given what the client accepts: compressed only
-    /// when it pays and the result can be kept.
+    /// The encoding a file is sent in, given what the client accepts: compressed when
+    /// it pays.
     pub fn encoding_for(&self, file: &SiteFile, accepted: Encoding) -> Encoding {
-        if file.compressible && file.size <= self.max_entry {
+        if file.compressible && file.size <= self.max_entry * COMPRESS_RATIO {
             accepted
         } else {
             Encoding::Identity
@@ -177,7 +180,8 @@ impl SiteCache {
     }
 
     /// A file's body in `encoding`: from memory, else read from the store (and
-    /// compressed, off the async threads) and kept when it is small enough.
+    /// compressed, off the async threads) and kept when it is small enough: a large
+    /// bundle may be kept compressed though not as stored.
     pub async fn body(
         &self,
         store: &Arc<dyn ObjectStore>,
@@ -210,7 +214,7 @@ impl SiteCache {
     }
 
     fn keep(&self, deployment_id: &Arc<str>, file: &SiteFile, encoding: Encoding, body: &Bytes) {
-        if file.size <= self.max_entry {
+        if body.len() as u64 <= self.max_entry {
             let key = BodyKey {
                 deployment: deployment_id.clone(),
                 file: file.index,
