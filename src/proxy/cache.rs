@@ -146,9 +146,18 @@ impl SiteCache {
         store: &Arc<dyn ObjectStore>,
         deployment_id: &Arc<str>,
     ) -> anyhow::Result<Arc<Site>> {
-        if let Some(site) = self.sites.get(deployment_id) {
-            return Ok(site);
+        match self.sites.get(deployment_id) {
+            Some(site) => Ok(site),
+            // Boxed: every request's future (kept per connection) stays small.
+            None => Box::pin(self.load_site(store, deployment_id)).await,
         }
+    }
+
+    async fn load_site(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        deployment_id: &Arc<str>,
+    ) -> anyhow::Result<Arc<Site>> {
         let manifest = read_manifest(store.as_ref(), deployment_id).await?;
         let site = Arc::new(Site::prepare(manifest));
         self.sites.insert(deployment_id.clone(), site.clone());
@@ -190,9 +199,20 @@ impl SiteCache {
         file: &SiteFile,
         encoding: Encoding,
     ) -> anyhow::Result<Bytes> {
-        if let Some(body) = self.body_cached(deployment_id, file, encoding) {
-            return Ok(body);
+        match self.body_cached(deployment_id, file, encoding) {
+            Some(body) => Ok(body),
+            None => Box::pin(self.load_body(store, deployment_id, path, file, encoding)).await,
         }
+    }
+
+    async fn load_body(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        deployment_id: &Arc<str>,
+        path: &str,
+        file: &SiteFile,
+        encoding: Encoding,
+    ) -> anyhow::Result<Bytes> {
         let identity = match self.body_cached(deployment_id, file, Encoding::Identity) {
             Some(body) => body,
             None => {
