@@ -333,3 +333,59 @@ async fn control_sequences_html_cut_and_cap() {
     assert_eq!(srv_b.0, 401);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_of_a_canceled_build_ends_after_its_last_line() {
+    let srv = server(|_| {}).await;
+    let token = srv.signup("a@example.com").await;
+    project(
+        &srv,
+        &token,
+        "stopped",
+        "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done",
+    )
+    .await;
+    let id = deploy(&srv, &token, "stopped").await;
+    let stream = tokio::spawn(read_sse(
+        stream_request(&srv, &token, &id).send().await.unwrap(),
+    ));
+    // Cancel once the build is writing.
+    for _ in 0..200 {
+        if stored_log(&srv, &id)
+            .await
+            .iter()
+            .any(|(_, _, t)| t.starts_with("tick 5"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = srv
+        .call(
+            Method::POST,
+            &format!("/api/v1/deployments/{id}/cancel"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let events = stream.await.unwrap();
+    // The worker writes its last lines after the API marked the deployment canceled;
+    // the stream must not end before them.
+    let stored: Vec<i64> = stored_log(&srv, &id).await.iter().map(|l| l.0).collect();
+    let streamed: Vec<i64> = events
+        .iter()
+        .filter(|e| e.event == "log")
+        .map(|e| e.data["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        streamed, stored,
+        "every stored line was streamed before end"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.event.as_str(), &last.data),
+        ("end", &json!({"status": "canceled"}))
+    );
+    srv.stop().await;
+}

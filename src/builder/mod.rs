@@ -347,6 +347,9 @@ impl Builder {
             Ok(false) => {
                 // Canceled (or deleted) while it ran: its artifacts must not linger.
                 tracing::info!(deployment = %d.short_id, "build ended after it was canceled");
+                if let Err(e) = queue::release(db, &d.id, worker).await {
+                    tracing::warn!(deployment = %d.short_id, error = %e, "lease not released; it lapses");
+                }
                 let final_status = deployment::Entity::find_by_id(d.id.clone())
                     .one(db)
                     .await

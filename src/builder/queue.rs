@@ -75,6 +75,21 @@ fn ours(id: &str, worker: &str) -> sea_orm::Condition {
         .add(deployment::Column::Status.eq(DeploymentStatus::Building.as_str()))
 }
 
+/// Gives up this worker's lease on a deployment whatever its status now (canceled
+/// while it ran): with the lease gone, log streams know every line is stored.
+pub async fn release(db: &impl ConnectionTrait, id: &str, worker: &str) -> Result<(), DbErr> {
+    deployment::Entity::update_many()
+        .col_expr(
+            deployment::Column::LeaseUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(deployment::Column::Id.eq(id))
+        .filter(deployment::Column::ClaimedBy.eq(worker))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// Extends the lease; `false` when the deployment is no longer ours to build
 /// (canceled, or reaped after a lease lapsed).
 pub async fn renew(db: &impl ConnectionTrait, id: &str, worker: &str) -> Result<bool, DbErr> {

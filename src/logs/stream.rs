@@ -6,7 +6,7 @@
 //!     line seq == last+1 → send │ seq <= last → drop │ seq > last+1 → fill the gap
 //!     from the database first │ fell behind → listen again, fill from the database │
 //!     no bus → poll the database │
-//!     final status → drain, last read of the database, `end`, close
+//!     final status and no worker holds it → drain, last read of the database, `end`
 //! ```
 //!
 //! Subscribing before reading history is what closes the gap: a line written while the
@@ -94,12 +94,12 @@ struct LogStream {
 impl LogStream {
     async fn run(&mut self, mut live: Option<Live>) -> Result<(), Closed> {
         self.catch_up(i64::MAX).await?;
-        let Some(status) = self.read_status().await else {
+        let Some((status, settled)) = self.read_status().await else {
             return Ok(());
         };
         self.status_event(status);
         self.flush().await?;
-        if status.is_finished() {
+        if status.is_finished() && settled {
             return self.end(status).await;
         }
         // One timer for the whole stream, reset only when it fires: a live line costs
@@ -134,7 +134,11 @@ impl LogStream {
                             None => break,
                         }
                     }
-                    if let Some(status) = finished {
+                    // A final status from the API (cancel) comes before the worker's
+                    // last lines; the stream ends once the worker has let go.
+                    if let Some(status) = finished
+                        && self.read_status().await.is_none_or(|(_, settled)| settled)
+                    {
                         self.drain(live.as_mut()).await?;
                         return self.end(status).await;
                     }
@@ -152,11 +156,11 @@ impl LogStream {
                     if last_event.elapsed() >= POLL {
                         self.catch_up(i64::MAX).await?;
                         match self.read_status().await {
-                            Some(status) if status.is_finished() => {
+                            Some((status, true)) if status.is_finished() => {
                                 self.status_event(status);
                                 return self.end(status).await;
                             }
-                            Some(status) => self.status_event(status),
+                            Some((status, _)) => self.status_event(status),
                             None => return Ok(()),
                         }
                     }
@@ -251,12 +255,16 @@ impl LogStream {
         self.flush().await
     }
 
-    async fn read_status(&self) -> Option<DeploymentStatus> {
-        Box::pin(deployment::Entity::find_by_id(self.deployment_id.clone()).one(&self.db))
-            .await
-            .ok()
-            .flatten()
-            .map(|d| d.status())
+    /// The deployment's status, and whether no worker holds it any more (no lease, or
+    /// a lapsed one): only then has a finished deployment stored its last line.
+    async fn read_status(&self) -> Option<(DeploymentStatus, bool)> {
+        let row =
+            Box::pin(deployment::Entity::find_by_id(self.deployment_id.clone()).one(&self.db))
+                .await
+                .ok()
+                .flatten()?;
+        let settled = row.lease_until.is_none_or(|t| t < chrono::Utc::now());
+        Some((row.status(), settled))
     }
 
     fn status_event(&mut self, status: DeploymentStatus) {
