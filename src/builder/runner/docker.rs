@@ -140,51 +140,46 @@ impl DockerRunner {
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
-    /// Streams the container's output into `log` until it ends.
-    async fn follow_output(&self, id: &str, log: &mut LogWriter) {
+    /// Streams the container's output into `log` until the stream ends. Docker may end
+    /// a followed stream early for a container that exits fast, so after the exit
+    /// [`Self::read_rest`] reads whatever `output` has not seen yet.
+    async fn follow_output(&self, id: &str, output: &mut Output, log: &mut LogWriter) {
+        self.read_logs(id, true, output, log).await;
+    }
+
+    /// Reads the whole stored output of an exited container and takes in what the
+    /// follow missed, then the last unterminated lines.
+    async fn read_rest(&self, id: &str, output: &mut Output, log: &mut LogWriter) {
+        // An unfinished line of the follow goes on with the first bytes of the rest.
+        let mut rest = Output {
+            pending: std::mem::take(&mut output.pending),
+            seen: [0; 2],
+            skip: output.seen,
+        };
+        self.read_logs(id, false, &mut rest, log).await;
+        rest.finish(log);
+    }
+
+    async fn read_logs(&self, id: &str, follow: bool, output: &mut Output, log: &mut LogWriter) {
         let opts = LogsOptions {
-            follow: true,
+            follow,
             stdout: true,
             stderr: true,
             tail: "all".into(),
             ..Default::default()
         };
-        let mut output = self.docker.logs(id, Some(opts));
-        let mut pending: HashMap<bool, Vec<u8>> = HashMap::new();
-        while let Some(item) = output.next().await {
+        let mut chunks = self.docker.logs(id, Some(opts));
+        while let Some(item) = chunks.next().await {
             let Ok(chunk) = item else { break };
-            let (is_err, bytes) = match chunk {
-                bollard::container::LogOutput::StdErr { message } => (true, message),
+            match chunk {
+                bollard::container::LogOutput::StdErr { message } => {
+                    output.feed(true, &message, log)
+                }
                 bollard::container::LogOutput::StdOut { message }
-                | bollard::container::LogOutput::Console { message } => (false, message),
-                bollard::container::LogOutput::StdIn { .. } => continue,
-            };
-            let buf = pending.entry(is_err).or_default();
-            buf.extend_from_slice(&bytes);
-            let stream = if is_err {
-                Stream::Stderr
-            } else {
-                Stream::Stdout
-            };
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                log.line(stream, &line[..line.len() - 1]);
-            }
-            if buf.len() > MAX_PENDING {
-                log.line(stream, buf);
-                buf.clear();
-            }
-        }
-        for (is_err, buf) in pending {
-            if !buf.is_empty() {
-                log.line(
-                    if is_err {
-                        Stream::Stderr
-                    } else {
-                        Stream::Stdout
-                    },
-                    &buf,
-                );
+                | bollard::container::LogOutput::Console { message } => {
+                    output.feed(false, &message, log)
+                }
+                bollard::container::LogOutput::StdIn { .. } => {}
             }
         }
     }
@@ -334,17 +329,23 @@ impl Runner for DockerRunner {
                 .start_container(&id, None::<StartContainerOptions>)
                 .await
                 .map_err(infra)?;
+            let mut output = Output::default();
             let interrupted = tokio::select! {
-                () = self.follow_output(&id, log) => None,
+                () = self.follow_output(&id, &mut output, log) => None,
                 () = tokio::time::sleep_until(deadline) => Some(StepOutcome::TimedOut),
                 () = cancel.cancelled() => Some(StepOutcome::Canceled),
             };
             match interrupted {
                 Some(outcome) => {
                     self.kill(&id).await;
+                    output.finish(log);
                     Ok(outcome)
                 }
-                None => self.exit_status(&id).await,
+                None => {
+                    let status = self.exit_status(&id).await;
+                    self.read_rest(&id, &mut output, log).await;
+                    status
+                }
             }
         }
         .await;
@@ -375,5 +376,57 @@ impl Runner for DockerRunner {
 
     async fn ping(&self) -> bool {
         self.docker.ping().await.is_ok()
+    }
+}
+
+fn stream_of(is_err: bool) -> Stream {
+    if is_err {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    }
+}
+
+/// Splits a container's output into lines, per stream, counting the bytes seen so a
+/// second read of the same output can skip them.
+#[derive(Default)]
+struct Output {
+    /// Bytes of an unfinished line, stdout then stderr.
+    pending: [Vec<u8>; 2],
+    /// Bytes taken in so far, per stream.
+    seen: [u64; 2],
+    /// Bytes to pass over first, per stream (already taken in by an earlier read).
+    skip: [u64; 2],
+}
+
+impl Output {
+    fn feed(&mut self, is_err: bool, mut bytes: &[u8], log: &mut LogWriter) {
+        let i = usize::from(is_err);
+        let skip = self.skip[i].min(bytes.len() as u64) as usize;
+        self.skip[i] -= skip as u64;
+        bytes = &bytes[skip..];
+        self.seen[i] += bytes.len() as u64;
+        let buf = &mut self.pending[i];
+        buf.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+            log.line(stream_of(is_err), &buf[start..start + pos]);
+            start += pos + 1;
+        }
+        buf.drain(..start);
+        if buf.len() > MAX_PENDING {
+            log.line(stream_of(is_err), buf);
+            buf.clear();
+        }
+    }
+
+    /// Takes in the last unterminated lines.
+    fn finish(&mut self, log: &mut LogWriter) {
+        for (i, buf) in self.pending.iter_mut().enumerate() {
+            if !buf.is_empty() {
+                log.line(stream_of(i == 1), buf);
+                buf.clear();
+            }
+        }
     }
 }
