@@ -135,11 +135,6 @@ impl SiteCache {
         }
     }
 
-    /// The prepared manifest of a deployment, if it is in memory.
-    pub fn site_cached(&self, deployment_id: &Arc<str>) -> Option<Arc<Site>> {
-        self.sites.get(deployment_id)
-    }
-
     /// The prepared manifest of a deployment, read from the store on a miss.
     pub async fn site(
         &self,
@@ -175,7 +170,7 @@ impl SiteCache {
     }
 
     /// A file's body in `encoding`, if it is in memory.
-    pub fn body_cached(
+    fn body_cached(
         &self,
         deployment_id: &Arc<str>,
         file: &SiteFile,

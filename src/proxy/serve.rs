@@ -261,22 +261,16 @@ async fn file_response(
             .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
         return res;
     }
-    let cached = state
+    let body = match state
         .site_cache
-        .body_cached(&route.deployment_id, file, encoding);
-    let body = match cached {
-        Some(body) => body,
-        None => match state
-            .site_cache
-            .body(&state.store, &route.deployment_id, path, file, encoding)
-            .await
-        {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(deployment = %route.deployment_id, path, error = %e, "file unavailable");
-                return plain(StatusCode::BAD_GATEWAY, "the file is unavailable\n");
-            }
-        },
+        .body(&state.store, &route.deployment_id, path, file, encoding)
+        .await
+    {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(deployment = %route.deployment_id, path, error = %e, "file unavailable");
+            return plain(StatusCode::BAD_GATEWAY, "the file is unavailable\n");
+        }
     };
     let body = if encoding != Encoding::Identity || (start == 0 && end == body.len() as u64) {
         body

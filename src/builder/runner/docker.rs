@@ -140,13 +140,6 @@ impl DockerRunner {
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
-    /// Streams the container's output into `log` until the stream ends. Docker may end
-    /// a followed stream early for a container that exits fast, so after the exit
-    /// [`Self::read_rest`] reads whatever `output` has not seen yet.
-    async fn follow_output(&self, id: &str, output: &mut Output, log: &mut LogWriter) {
-        self.read_logs(id, true, output, log).await;
-    }
-
     /// Reads the whole stored output of an exited container and takes in what the
     /// follow missed, then the last unterminated lines.
     async fn read_rest(&self, id: &str, output: &mut Output, log: &mut LogWriter) {
@@ -160,6 +153,7 @@ impl DockerRunner {
         rest.finish(log);
     }
 
+    /// Streams the container's output (`follow`: until the stream ends) into `log`.
     async fn read_logs(&self, id: &str, follow: bool, output: &mut Output, log: &mut LogWriter) {
         let opts = LogsOptions {
             follow,
@@ -331,7 +325,9 @@ impl Runner for DockerRunner {
                 .map_err(infra)?;
             let mut output = Output::default();
             let interrupted = tokio::select! {
-                () = self.follow_output(&id, &mut output, log) => None,
+                // Docker may end a followed stream early for a container that exits
+                // fast: after the exit, `read_rest` takes in what this did not see.
+                () = self.read_logs(&id, true, &mut output, log) => None,
                 () = tokio::time::sleep_until(deadline) => Some(StepOutcome::TimedOut),
                 () = cancel.cancelled() => Some(StepOutcome::Canceled),
             };
