@@ -108,7 +108,10 @@ impl AppState {
             .reload(&db)
             .await
             .context("loading the route table")?;
-        let site_cache = Arc::new(SiteCache::new(config.proxy.cache_mb * 1024 * 1024));
+        let site_cache = Arc::new(SiteCache::new(
+            config.proxy.cache_mb * 1024 * 1024,
+            config.storage.url.strip_prefix("file://"),
+        )?);
         let metrics = Arc::new(Metrics::default());
         metrics.routes.set(routes.len() as i64);
         Ok(AppState(Arc::new(Shared {

@@ -269,6 +269,155 @@ async fn every_serving_rule_and_header() {
     srv.stop().await;
 }
 
+/// Sends raw bytes and reads until the server closes the connection.
+fn raw_until_close(srv: &TestServer, request: &[u8]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .expect("the server closes after the last response");
+    out
+}
+
+/// The (status line, body) of each response in `raw`, delimited by content-length.
+fn responses(mut raw: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        let status = head.lines().next().unwrap().to_string();
+        out.push((status, raw[end..end + length].to_vec()));
+        raw = &raw[end + length..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_files_pipelines_and_request_bodies() {
+    let srv = server(|_| {}).await;
+    let t = srv.signup("a@example.com").await;
+    // Large enough to be sent from the stored file, not from memory.
+    let big: String = (0..40_000).map(|i| format!("{:07}\n", i)).collect();
+    let mut files = site_files("v1");
+    files.push(("big.bin", big.clone()));
+    publish(&srv, &t, "web", &files, json!({})).await;
+    let h = host("web");
+
+    for _ in 0..2 {
+        let r = get(&srv, "web", "/big.bin").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-length"],
+            big.len().to_string().as_str()
+        );
+        assert_eq!(
+            r.bytes().await.unwrap(),
+            big.as_bytes(),
+            "whole and in order"
+        );
+    }
+    let r = srv
+        .request_host(Method::GET, &h, "/big.bin")
+        .header("range", "bytes=80000-80015")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 80000-80015/{}", big.len())
+    );
+    assert_eq!(r.text().await.unwrap(), "0010000\n0010001\n");
+
+    // Pipelined requests are answered in order on one connection.
+    let answer = raw_until_close(
+        &srv,
+        format!(
+            "GET /big.bin HTTP/1.1\r\nHost: {h}\r\n\r\nHEAD /big.bin HTTP/1.1\r\nHost: {h}\r\n\r\n\
+             GET /data.bin HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let head_len = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let first = String::from_utf8_lossy(&answer[..head_len]).to_lowercase();
+    assert!(first.contains("\r\ndate: "), "{first}");
+    let (a, rest) = answer.split_at(head_len + 4 + big.len());
+    assert_eq!(&a[head_len + 4..], big.as_bytes());
+    let rest = String::from_utf8_lossy(rest);
+    let (head, get) = rest.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "HEAD: {head}");
+    assert!(
+        head.contains(&format!("content-length: {}", big.len())),
+        "{head}"
+    );
+    assert!(get.starts_with("HTTP/1.1 200"), "{get}");
+    assert!(
+        get.contains("connection: close") && get.ends_with("\r\n\r\n0123456789"),
+        "{get}"
+    );
+
+    // HTTP/1.0 closes unless asked to keep the connection alive.
+    let answer = raw_until_close(
+        &srv,
+        format!("GET /data.bin HTTP/1.0\r\nHost: {h}\r\n\r\n").as_bytes(),
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("0123456789"),
+        "{answer}"
+    );
+    let answer = raw_until_close(
+        &srv,
+        format!(
+            "GET /data.bin HTTP/1.0\r\nHost: {h}\r\nConnection: keep-alive\r\n\r\n\
+             GET /docs HTTP/1.0\r\nHost: {h}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let answers = responses(&answer);
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0].1, b"0123456789");
+    assert_eq!(answers[1].1, b"<h1>docs</h1>");
+
+    // A request with a body, then one without, on one connection: both answered.
+    let answer = raw_until_close(
+        &srv,
+        format!(
+            "POST / HTTP/1.1\r\nHost: {h}\r\nContent-Length: 3\r\n\r\nabc\
+             GET /data.bin HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let answers = responses(&answer);
+    assert_eq!(answers.len(), 2, "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        answers[0].0.starts_with("http/1.1 405"),
+        "{:?}",
+        answers[0].0
+    );
+    assert_eq!(answers[1].1, b"0123456789");
+    let answer = raw_until_close(
+        &srv,
+        format!(
+            "POST /api/v1/auth/login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n",
+            common::BASE
+        )
+        .as_bytes(),
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 4") && answer.contains("\"error\""),
+        "{answer}"
+    );
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_paths_and_hosts_are_refused() {
     let srv = server(|_| {}).await;

@@ -3,18 +3,22 @@
 //! - each deployment's manifest, *prepared* once into a [`Site`]: every header value a
 //!   response needs is built when the manifest is read, not per request;
 //! - the bodies of small files, as stored and compressed (gzip, brotli), so a popular
-//!   file is served without a store round trip and compressed once, not per request.
+//!   file is served without a store round trip and compressed once, not per request;
+//! - with a local (`file://`) store, open files for large bodies sent as stored: the
+//!   listener sends them with `sendfile`, from the page cache, as nginx does.
 //!
 //! Deployments are immutable, so an entry never goes stale; entries of a deployment
 //! that no hostname serves any more are dropped.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
 use moka::sync::Cache;
+use object_store::local::LocalFileSystem;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::builder::upload::{Manifest, file_location, read_manifest};
@@ -24,6 +28,11 @@ const MIN_COMPRESS: u64 = 256;
 /// Text up to this many times the largest kept body is compressed: text shrinks at
 /// least that much, so the compressed body is kept and compressing happens once.
 const COMPRESS_RATIO: u64 = 4;
+/// Bodies sent as stored from this size on come from an open file when the store is
+/// local: below it, one copy from memory costs less than the extra system call.
+const SENDFILE_MIN: u64 = 32 * 1024;
+/// Open files kept, each one file descriptor.
+const OPEN_FILES: u64 = 256;
 
 /// How a body is encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,11 +126,24 @@ pub struct SiteCache {
     bodies: Cache<BodyKey, Bytes>,
     /// Bodies larger than this are not kept: they are read from the store each time.
     max_entry: u64,
+    /// The store's directory, when it is local.
+    local: Option<LocalFileSystem>,
+    files: Cache<BodyKey, Arc<File>>,
 }
 
 impl SiteCache {
-    pub fn new(max_bytes: u64) -> SiteCache {
-        SiteCache {
+    /// A cache of `max_bytes` of bodies; `local_store` is the directory of a
+    /// `file://` store, whose large files are then sent from disk.
+    pub fn new(max_bytes: u64, local_store: Option<&str>) -> anyhow::Result<SiteCache> {
+        let local = local_store
+            .map(LocalFileSystem::new_with_prefix)
+            .transpose()?;
+        Ok(SiteCache {
+            local,
+            files: Cache::builder()
+                .max_capacity(OPEN_FILES)
+                .support_invalidation_closures()
+                .build(),
             sites: Cache::builder()
                 .max_capacity(10_000)
                 .support_invalidation_closures()
@@ -132,7 +154,7 @@ impl SiteCache {
                 .support_invalidation_closures()
                 .build(),
             max_entry: (max_bytes / 16).max(64 * 1024),
-        }
+        })
     }
 
     /// The prepared manifest of a deployment, read from the store on a miss.
@@ -228,6 +250,34 @@ impl SiteCache {
         Ok(body)
     }
 
+    /// An open file holding a body sent as stored, when the store is local and the
+    /// body large enough for `sendfile` to pay; `None` means: use [`body`](Self::body).
+    pub fn file(&self, deployment_id: &Arc<str>, path: &str, file: &SiteFile) -> Option<Arc<File>> {
+        let local = self.local.as_ref().filter(|_| file.size >= SENDFILE_MIN)?;
+        let key = BodyKey {
+            deployment: deployment_id.clone(),
+            file: file.index,
+            encoding: Encoding::Identity,
+        };
+        if let Some(open) = self.files.get(&key) {
+            return Some(open);
+        }
+        let on_disk = local
+            .path_to_filesystem(&file_location(deployment_id, path))
+            .ok()?;
+        match File::open(&on_disk) {
+            Ok(open) => {
+                let open = Arc::new(open);
+                self.files.insert(key, open.clone());
+                Some(open)
+            }
+            Err(e) => {
+                tracing::warn!(path = %on_disk.display(), error = %e, "cannot open a stored file; reading it through the store");
+                None
+            }
+        }
+    }
+
     fn keep(&self, deployment_id: &Arc<str>, file: &SiteFile, encoding: Encoding, body: &Bytes) {
         if body.len() as u64 <= self.max_entry {
             let key = BodyKey {
@@ -249,6 +299,10 @@ impl SiteCache {
         let _ = self
             .sites
             .invalidate_entries_if(move |id, _| g.contains(id));
+        let g = gone.clone();
+        let _ = self
+            .files
+            .invalidate_entries_if(move |key, _| g.contains(&key.deployment));
         let _ = self
             .bodies
             .invalidate_entries_if(move |key, _| gone.contains(&key.deployment));

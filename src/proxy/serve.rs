@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::cache::{Encoding, Site, SiteFile};
 use super::routes::Route;
 use crate::app::AppState;
-use crate::body::ResponseBody;
+use crate::body::{FileBody, ResponseBody};
 
 /// What the proxy answers: its bodies are whole `Bytes`, never boxed.
 pub type SiteResponse = Response<ResponseBody>;
@@ -259,6 +259,18 @@ async fn file_response(
     if method == Method::HEAD && encoding == Encoding::Identity {
         res.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        return res;
+    }
+    if encoding == Encoding::Identity
+        && let Some(open) = state.site_cache.file(&route.deployment_id, path, file)
+    {
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        *res.body_mut() = ResponseBody::File(FileBody {
+            file: open,
+            offset: start,
+            len: end - start,
+        });
         return res;
     }
     let body = match state

@@ -1,12 +1,18 @@
-//! The HTTP server loop: accepts on a listener handed in, serves HTTP/1.1 and HTTP/2
-//! (hyper-util) with the limits a public listener needs, and drains on shutdown.
+//! The HTTP server loop: accepts on a listener handed in, serves HTTP/1.1 requests
+//! without a body on its own loop (`http1.rs`: `sendfile`, no buffers held by an idle
+//! connection) and hands every other request — a body, an upgrade, HTTP/2 — with its
+//! connection to hyper-util; both keep the limits a public listener needs, and drain
+//! on shutdown.
 //!
 //! - a client has `proxy.header_timeout_secs` to send its request head (slowloris);
 //! - at most 100 headers and 64 KiB of head per request;
 //! - at most `proxy.max_connections` connections: past it a new connection gets a
 //!   short 503 and is closed, instead of queueing without bound.
 
+mod http1;
+
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +20,11 @@ use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::Dispatch;
 
@@ -44,18 +50,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEAD_BYTES.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    let connections = TaskTracker::new();
+    let hyper = Arc::new(hyper_builder(limits));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -78,23 +74,57 @@ pub async fn serve(
             });
             continue;
         };
-        let dispatch = dispatch.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let dispatch = dispatch.clone();
-            async move { Ok::<_, Infallible>(dispatch.handle(req, Some(peer)).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
+        let (dispatch, hyper, shutdown) = (dispatch.clone(), hyper.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let ended =
+                http1::serve(stream, peer, &dispatch, limits.header_timeout, &shutdown).await;
+            if let http1::Ended::Handoff(stream) = ended {
+                serve_hyper(&hyper, stream, peer, dispatch, &shutdown).await;
+            }
             drop(permit);
         });
     }
     drop(listener);
+    connections.close();
     tokio::select! {
-        () = graceful.shutdown() => {},
+        () = connections.wait() => {},
         () = tokio::time::sleep(DRAIN) => tracing::info!("connections still open after the drain period were closed"),
     }
+}
+
+fn hyper_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    builder
+}
+
+/// Serves the rest of a connection with hyper, until it ends or, after `shutdown`,
+/// its requests in flight are answered.
+async fn serve_hyper(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: http1::Rewound,
+    peer: SocketAddr,
+    dispatch: Dispatch,
+    shutdown: &CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let dispatch = dispatch.clone();
+        async move { Ok::<_, Infallible>(dispatch.handle(req, Some(peer)).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }
