@@ -19,7 +19,7 @@ use bytes::Bytes;
 use object_store::ObjectStore;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -201,12 +201,30 @@ fn redact(url: &str) -> String {
 /// (called directly, with no router in between) for every other host, 400 for a host
 /// that cannot be trusted.
 #[derive(Clone)]
-pub struct Dispatch(Arc<(AppState, Router)>);
+pub struct Dispatch(Arc<DispatchParts>);
+
+struct DispatchParts {
+    state: AppState,
+    dashboard: Router,
+    /// Dashboard requests in their handler at once; the rest wait their turn holding
+    /// only their request. A burst — every open log stream reconnecting after a
+    /// restart — then queues for the database instead of each request holding its
+    /// half-run queries in memory.
+    handlers: Semaphore,
+}
+
+/// How many dashboard requests run their handler at once (twice the larger database
+/// pool: enough to keep it busy).
+const DASHBOARD_HANDLERS: usize = 32;
 
 impl Dispatch {
     pub fn new(state: AppState) -> Dispatch {
         let dashboard = crate::api::router(state.clone());
-        Dispatch(Arc::new((state, dashboard)))
+        Dispatch(Arc::new(DispatchParts {
+            state,
+            dashboard,
+            handlers: Semaphore::new(DASHBOARD_HANDLERS),
+        }))
     }
 
     /// Answers one request; `peer` is the client's address when it is known.
@@ -219,7 +237,11 @@ impl Dispatch {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let (state, dashboard) = (&self.0.0, &self.0.1);
+        let DispatchParts {
+            state,
+            dashboard,
+            handlers,
+        } = self.0.as_ref();
         match host::classify(req.headers(), req.uri(), &state.config.server.base_domain) {
             Ok(Target::Dashboard) => {}
             Ok(Target::Site(label)) => {
@@ -239,6 +261,7 @@ impl Dispatch {
         if let Some(peer) = peer {
             req.extensions_mut().insert(ConnectInfo(peer));
         }
+        let _turn = handlers.acquire().await;
         let routed = Box::pin(dashboard.clone().oneshot(req.map(axum::body::Body::new))).await;
         match routed {
             Ok(res) => res.map(ResponseBody::from),

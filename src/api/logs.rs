@@ -88,13 +88,13 @@ async fn stream_logs(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
     let after = last_event_id.or(q.after).unwrap_or(0).max(0);
-    let rx = stream::start(state.db.clone(), state.bus.clone(), d.id, after).await;
+    let body = stream::open(state.db.clone(), state.bus.clone(), d.id, after).await;
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
             (header::HeaderName::from_static("x-accel-buffering"), "no"),
         ],
-        stream::body(rx),
+        body,
     ))
 }

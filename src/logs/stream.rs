@@ -14,17 +14,18 @@
 //! database is the truth the stream always falls back on.
 
 use std::convert::Infallible;
-use std::pin::pin;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
+use http_body::Frame;
 use sea_orm::{DatabaseConnection, EntityTrait};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::history::lines_after;
 use super::{DeploymentEvent, LiveLine, LogBus, sse_event};
@@ -41,64 +42,106 @@ const DRAIN: Duration = Duration::from_millis(300);
 /// Events already waiting are sent together, in one write, up to this many bytes.
 const BATCH: usize = 64 * 1024;
 
-/// Starts streaming `deployment_id` after seq `after`: chunks of SSE events, each
-/// written to the client at once.
-pub async fn start(
+/// Opens the stream of `deployment_id` after seq `after`: the response body, whose
+/// chunks of SSE events are each written to the client at once.
+pub async fn open(
     db: DatabaseConnection,
     bus: Arc<dyn LogBus>,
     deployment_id: String,
     after: i64,
-) -> mpsc::Receiver<Bytes> {
-    let (tx, rx) = mpsc::channel(8);
+) -> axum::body::Body {
     // Subscribe before anything is read, so nothing falls between history and live.
     let live = bus.subscribe(&deployment_id).await.ok();
-    tokio::spawn(async move {
-        let mut s = LogStream {
-            db,
-            bus,
-            tx,
-            deployment_id,
-            last: after,
-            status: None,
-            out: BytesMut::new(),
-            last_flush: Instant::now(),
+    let outbox = Arc::new(Outbox::default());
+    let mut s = LogStream {
+        db,
+        bus,
+        outbox: outbox.clone(),
+        deployment_id,
+        last: after,
+        status: None,
+        out: BytesMut::new(),
+        last_flush: Instant::now(),
+    };
+    axum::body::Body::new(LogBody {
+        run: Some(Box::pin(async move { s.run(live).await })),
+        outbox,
+    })
+}
+
+/// The response body of a stream. The stream runs inside it, polled by the connection
+/// that writes it: a watcher costs no task and no channel, and a client that goes away
+/// drops its stream with the body.
+struct LogBody {
+    /// `None` once the stream has ended.
+    run: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    outbox: Arc<Outbox>,
+}
+
+/// Where the stream leaves a chunk for its body to return.
+#[derive(Default)]
+struct Outbox(Mutex<Option<Bytes>>);
+
+impl Outbox {
+    fn put(&self, chunk: Bytes) {
+        *self.0.lock().expect("outbox lock") = Some(chunk);
+    }
+
+    fn take(&self) -> Option<Bytes> {
+        self.0.lock().expect("outbox lock").take()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.lock().expect("outbox lock").is_none()
+    }
+}
+
+impl http_body::Body for LogBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let Some(run) = this.run.as_mut() else {
+            return Poll::Ready(None);
         };
-        if let Err(Closed) = s.run(live).await {
-            // The client went away.
+        let ended = run.as_mut().poll(cx).is_ready();
+        if ended {
+            this.run = None;
         }
-    });
-    rx
+        match this.outbox.take() {
+            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            None if ended => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
 }
-
-/// The response body of a stream started by [`start`].
-pub fn body(rx: mpsc::Receiver<Bytes>) -> axum::body::Body {
-    axum::body::Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>))
-}
-
-struct Closed;
 
 type Live = BoxStream<'static, DeploymentEvent>;
 
 struct LogStream {
     db: DatabaseConnection,
     bus: Arc<dyn LogBus>,
-    tx: mpsc::Sender<Bytes>,
+    outbox: Arc<Outbox>,
     deployment_id: String,
     last: i64,
     status: Option<DeploymentStatus>,
-    /// Events not yet handed to the client's connection.
+    /// Events not yet handed to the body.
     out: BytesMut,
     last_flush: Instant,
 }
 
 impl LogStream {
-    async fn run(&mut self, mut live: Option<Live>) -> Result<(), Closed> {
-        self.catch_up(i64::MAX).await?;
+    async fn run(&mut self, mut live: Option<Live>) {
+        self.catch_up(i64::MAX).await;
         let Some((status, settled)) = self.read_status().await else {
-            return Ok(());
+            return;
         };
         self.status_event(status);
-        self.flush().await?;
+        self.flush().await;
         if status.is_finished() && settled {
             return self.end(status).await;
         }
@@ -121,12 +164,12 @@ impl LogStream {
             match next {
                 Next::Event(event) => {
                     last_event = Instant::now();
-                    let mut finished = self.event(event).await?;
+                    let mut finished = self.event(event).await;
                     // Whatever else is already waiting goes out in the same write.
                     while finished.is_none() && self.out.len() < BATCH {
                         let Some(stream) = live.as_mut() else { break };
                         match stream.next().now_or_never() {
-                            Some(Some(event)) => finished = self.event(event).await?,
+                            Some(Some(event)) => finished = self.event(event).await,
                             Some(None) => {
                                 live = None;
                                 break;
@@ -139,84 +182,82 @@ impl LogStream {
                     if let Some(status) = finished
                         && self.read_status().await.is_none_or(|(_, settled)| settled)
                     {
-                        self.drain(live.as_mut()).await?;
+                        self.drain(live.as_mut()).await;
                         return self.end(status).await;
                     }
-                    self.flush().await?;
+                    self.flush().await;
                 }
                 Next::Gone => {
                     // The bus dropped us: we fell behind, or it went away. Listen again;
                     // the first line after the gap makes `live_line` read the database for
                     // what was missed. Without a bus, the database is polled.
                     live = self.bus.subscribe(&self.deployment_id).await.ok();
-                    self.catch_up(i64::MAX).await?;
+                    self.catch_up(i64::MAX).await;
                 }
                 Next::Tick => {
                     tick.as_mut().reset(Instant::now() + POLL);
                     if last_event.elapsed() >= POLL {
-                        self.catch_up(i64::MAX).await?;
+                        self.catch_up(i64::MAX).await;
                         match self.read_status().await {
                             Some((status, true)) if status.is_finished() => {
                                 self.status_event(status);
                                 return self.end(status).await;
                             }
                             Some((status, _)) => self.status_event(status),
-                            None => return Ok(()),
+                            None => return,
                         }
                     }
                     if self.out.is_empty() && self.last_flush.elapsed() >= KEEP_ALIVE {
                         self.out.extend_from_slice(b": keep-alive\n\n");
                     }
-                    self.flush().await?;
+                    self.flush().await;
                 }
             }
         }
     }
 
     /// Takes in one live event; returns the final status when it is one.
-    async fn event(&mut self, event: DeploymentEvent) -> Result<Option<DeploymentStatus>, Closed> {
+    async fn event(&mut self, event: DeploymentEvent) -> Option<DeploymentStatus> {
         match event {
             DeploymentEvent::Line(line) => {
-                self.live_line(line).await?;
-                Ok(None)
+                self.live_line(line).await;
+                None
             }
             DeploymentEvent::Status { status } => {
                 self.status_event(status);
-                Ok(status.is_finished().then_some(status))
+                status.is_finished().then_some(status)
             }
         }
     }
 
-    async fn live_line(&mut self, live: Arc<LiveLine>) -> Result<(), Closed> {
+    async fn live_line(&mut self, live: Arc<LiveLine>) {
         let seq = live.line.seq;
         if seq <= self.last {
-            return Ok(());
+            return;
         }
         if seq > self.last + 1 {
-            self.fill_gap(seq).await?;
+            self.fill_gap(seq).await;
         }
         if seq == self.last + 1 {
             self.out.extend_from_slice(live.sse());
             self.last = seq;
         }
-        Ok(())
     }
 
     /// Reads lines `last+1 .. upto-1` from the database, waiting briefly for a batch
     /// that is published but not yet stored.
-    async fn fill_gap(&mut self, upto: i64) -> Result<(), Closed> {
+    async fn fill_gap(&mut self, upto: i64) {
         for _ in 0..50 {
-            self.catch_up(upto - 1).await?;
+            self.catch_up(upto - 1).await;
             if self.last >= upto - 1 {
-                return Ok(());
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(())
     }
 
     /// Sends stored lines after `last`, up to `upto`, a page per write.
-    async fn catch_up(&mut self, upto: i64) -> Result<(), Closed> {
+    async fn catch_up(&mut self, upto: i64) {
         loop {
             // Boxed: an idle stream does not carry a query's state around.
             let page = Box::pin(lines_after(&self.db, &self.deployment_id, self.last, PAGE))
@@ -230,26 +271,25 @@ impl LogStream {
                 line.write_sse(&mut self.out);
                 self.last = line.seq;
             }
-            self.flush().await?;
+            self.flush().await;
             if n < PAGE || self.last >= upto {
-                return Ok(());
+                return;
             }
         }
     }
 
-    async fn drain(&mut self, live: Option<&mut Live>) -> Result<(), Closed> {
+    async fn drain(&mut self, live: Option<&mut Live>) {
         if let Some(stream) = live {
             while let Ok(Some(event)) = tokio::time::timeout(DRAIN, stream.next()).await {
                 if let DeploymentEvent::Line(line) = event {
-                    self.live_line(line).await?;
+                    self.live_line(line).await;
                 }
             }
         }
-        Ok(())
     }
 
-    async fn end(&mut self, status: DeploymentStatus) -> Result<(), Closed> {
-        self.catch_up(i64::MAX).await?;
+    async fn end(&mut self, status: DeploymentStatus) {
+        self.catch_up(i64::MAX).await;
         let data = serde_json::json!({ "status": status }).to_string();
         sse_event(&mut self.out, None, "end", &data);
         self.flush().await
@@ -276,14 +316,23 @@ impl LogStream {
         sse_event(&mut self.out, None, "status", &data);
     }
 
-    /// Hands what is pending to the client's connection (waiting while it is full).
-    async fn flush(&mut self) -> Result<(), Closed> {
+    /// Hands what is pending to the body, and waits until its connection has written
+    /// it: the body polls the stream again only then.
+    async fn flush(&mut self) {
         if self.out.is_empty() {
-            return Ok(());
+            return;
         }
-        let chunk = std::mem::take(&mut self.out).freeze();
+        self.outbox.put(std::mem::take(&mut self.out).freeze());
         self.last_flush = Instant::now();
-        self.tx.send(chunk).await.map_err(|_| Closed)
+        let outbox = &self.outbox;
+        std::future::poll_fn(|_| {
+            if outbox.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 }
 

@@ -264,6 +264,8 @@ async fn write_response(
     };
     let keep_alive = keep_alive && framing != Framing::Close;
     let head = render_head(&parts, framing, known, is_head, version, keep_alive);
+    // A stream may stay open for hours: it keeps nothing of the response but its body.
+    drop(parts);
     if framing == Framing::None {
         stream.write_all(&head).await?;
         return Ok(true);
@@ -274,6 +276,7 @@ async fn write_response(
         ResponseBody::File(file) => send_file(stream, &head, &file).await?,
         ResponseBody::Router(body) => {
             stream.write_all(&head).await?;
+            drop(head);
             return write_streamed(stream, body, framing, watch_close).await;
         }
     }

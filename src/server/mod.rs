@@ -79,7 +79,8 @@ pub async fn serve(
             let ended =
                 http1::serve(stream, peer, &dispatch, limits.header_timeout, &shutdown).await;
             if let http1::Ended::Handoff(stream) = ended {
-                serve_hyper(&hyper, stream, peer, dispatch, &shutdown).await;
+                // Boxed: hyper's connection state is large, and only these carry it.
+                Box::pin(serve_hyper(&hyper, stream, peer, dispatch, &shutdown)).await;
             }
             drop(permit);
         });
