@@ -3,7 +3,11 @@
 //! writer stored it) to its arrival, over all clients: p50, p99, max. Lines written
 //! before every stream was open arrive as history, not live, and are not counted.
 //!
-//! Usage: log_fanout ADDR HOST TOKEN DEPLOYMENT_ID CLIENTS READY_FILE
+//! With `redis` last, the N clients subscribe to the deployment's Redis channel at
+//! ADDR instead (the same code reads them): the machine's floor for a fan-out to N
+//! sockets, served by Redis itself.
+//!
+//! Usage: log_fanout ADDR HOST TOKEN DEPLOYMENT_ID CLIENTS READY_FILE [redis]
 //! (READY_FILE is created once every stream is open, so the caller can measure RSS.)
 
 use std::time::Duration;
@@ -16,12 +20,17 @@ async fn client(
     host: String,
     token: String,
     id: String,
+    redis: bool,
     opened: tokio::sync::mpsc::Sender<()>,
 ) -> Vec<(i64, f64)> {
     let mut stream = TcpStream::connect(&addr).await.expect("connect");
-    let request = format!(
-        "GET /api/v1/deployments/{id}/logs/stream HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-    );
+    let request = if redis {
+        format!("SUBSCRIBE scalemesh:deployment:{id}\r\n")
+    } else {
+        format!(
+            "GET /api/v1/deployments/{id}/logs/stream HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+    };
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -34,16 +43,26 @@ async fn client(
             Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
             Ok(Ok(_)) => {}
         }
-        if !told && line == "\r\n" {
+        // The end of the head; the count of channels a SUBSCRIBE answers with.
+        if !told && (line == "\r\n" || (redis && line.starts_with(':'))) {
             told = true;
             let _ = opened.send(()).await;
         }
-        if line.starts_with("event: end") {
+        if line.starts_with("event: end")
+            || (redis && line.contains("\"kind\":\"status\"") && !line.contains("building"))
+        {
             break;
         }
+        let data = if redis {
+            line.starts_with("{\"kind\":\"line\"").then_some(line.as_str())
+        } else if is_log {
+            line.strip_prefix("data: ")
+        } else {
+            None
+        };
         if line.starts_with("event: log") {
             is_log = true;
-        } else if is_log && let Some(data) = line.strip_prefix("data: ") {
+        } else if let Some(data) = data {
             is_log = false;
             let now = chrono::Utc::now();
             if let Some(ts) = data
@@ -64,9 +83,15 @@ async fn client(
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, addr, host, token, id, n, ready] = args.as_slice() else {
-        eprintln!("usage: log_fanout ADDR HOST TOKEN DEPLOYMENT_ID CLIENTS READY_FILE");
-        std::process::exit(2);
+    let (addr, host, token, id, n, ready, redis) = match args.as_slice() {
+        [_, addr, host, token, id, n, ready] => (addr, host, token, id, n, ready, false),
+        [_, addr, host, token, id, n, ready, mode] if mode == "redis" => {
+            (addr, host, token, id, n, ready, true)
+        }
+        _ => {
+            eprintln!("usage: log_fanout ADDR HOST TOKEN DEPLOYMENT_ID CLIENTS READY_FILE [redis]");
+            std::process::exit(2);
+        }
     };
     let n: usize = n.parse().expect("CLIENTS is a number");
     let (tx, mut rx) = tokio::sync::mpsc::channel(n);
@@ -77,6 +102,7 @@ async fn main() {
             host.clone(),
             token.clone(),
             id.clone(),
+            redis,
             tx.clone(),
         )));
     }
@@ -100,7 +126,8 @@ async fn main() {
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     println!(
-        "sse clients={} lines/client min={} max={} live lines counted={} latency ms p50={:.2} p99={:.2} max={:.2}",
+        "{} clients={} lines/client min={} max={} live lines counted={} latency ms p50={:.2} p99={:.2} max={:.2}",
+        if redis { "redis" } else { "sse" },
         n,
         per_client.iter().min().unwrap(),
         per_client.iter().max().unwrap(),
