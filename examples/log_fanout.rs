@@ -54,7 +54,8 @@ async fn client(
             break;
         }
         let data = if redis {
-            line.starts_with("{\"kind\":\"line\"").then_some(line.as_str())
+            line.starts_with("{\"kind\":\"line\"")
+                .then_some(line.as_str())
         } else if is_log {
             line.strip_prefix("data: ")
         } else {

@@ -59,14 +59,17 @@ pub async fn serve(
     tokio::pin!(timer);
     let mut first = true;
     loop {
-        if buf.is_empty() && !first {
-            timer.as_mut().reset(Instant::now() + KEEP_ALIVE);
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ended::Closed,
-                () = &mut timer => return Ended::Closed,
-                ready = stream.readable() => if ready.is_err() { return Ended::Closed },
+        if !first {
+            if buf.is_empty() {
+                timer.as_mut().reset(Instant::now() + KEEP_ALIVE);
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Ended::Closed,
+                    () = &mut timer => return Ended::Closed,
+                    ready = stream.readable() => if ready.is_err() { return Ended::Closed },
+                }
             }
+            // The head's time starts with its first byte (or with the connection).
             timer.as_mut().reset(Instant::now() + header_timeout);
         }
         first = false;
@@ -133,6 +136,10 @@ struct Head {
     keep_alive: bool,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per request and matched at once; a box would cost an allocation per request"
+)]
 enum Parsed {
     Request(Head),
     Partial,
