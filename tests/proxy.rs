@@ -605,6 +605,36 @@ async fn rollback_under_load_never_fails_a_request() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_broken_heads_are_refused() {
+    let srv = server(|_| {}).await;
+    let h = host("web");
+    let many: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let answer = raw(
+        &srv,
+        format!("GET / HTTP/1.1\r\nHost: {h}\r\n{many}\r\n").as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 431"), "101 headers: {answer}");
+    let huge = "a".repeat(70 * 1024);
+    let answer = raw(
+        &srv,
+        format!("GET / HTTP/1.1\r\nHost: {h}\r\nx-big: {huge}\r\n\r\n").as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 431"), "70 KiB head: {answer}");
+    for broken in [
+        "GET / HTTP/1.1\r\nno colon here\r\n\r\n".to_string(),
+        "GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n".to_string(),
+        format!("GET / HTTP/1.1\r\nHost: {h}\r\nHost: other.test\r\n\r\n"),
+    ] {
+        let answer = raw(&srv, broken.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 400"), "{broken:?}: {answer}");
+    }
+    // The connection still serves a good request after a refused one on another.
+    let r = srv.request(Method::GET, "/healthz").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn slow_clients_are_closed_and_connections_capped() {
     let srv = server(|c| {
         c.proxy.header_timeout_secs = 1;
