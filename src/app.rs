@@ -301,6 +301,7 @@ pub async fn serve(
     tracing::info!(%addr, base_domain = %state.config.server.base_domain, "listening");
     let limits = crate::server::Limits {
         header_timeout: std::time::Duration::from_secs(state.config.proxy.header_timeout_secs),
+        send_timeout: std::time::Duration::from_secs(state.config.proxy.send_timeout_secs),
         max_connections: state.config.proxy.max_connections,
     };
     crate::server::serve(listener, Dispatch::new(state), limits, shutdown.clone()).await;

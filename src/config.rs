@@ -57,6 +57,9 @@ pub struct ProxyConfig {
     pub cache_mb: u64,
     /// Seconds a client may take to send a request's headers (slowloris guard).
     pub header_timeout_secs: u64,
+    /// Seconds a response may make no progress (the client reads nothing) before the
+    /// connection is closed.
+    pub send_timeout_secs: u64,
     /// Connections served at once; past it new ones get 503 and are closed.
     pub max_connections: usize,
 }
@@ -66,6 +69,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             cache_mb: 64,
             header_timeout_secs: 10,
+            send_timeout_secs: 60,
             max_connections: 10_000,
         }
     }
@@ -328,6 +332,12 @@ impl Config {
         if self.proxy.header_timeout_secs == 0 {
             return Err(ConfigError::key(
                 "proxy.header_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.proxy.send_timeout_secs == 0 {
+            return Err(ConfigError::key(
+                "proxy.send_timeout_secs",
                 "must be at least 1",
             ));
         }

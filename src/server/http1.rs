@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{MAX_HEAD_BYTES, MAX_HEADERS};
+use super::{Limits, MAX_HEAD_BYTES, MAX_HEADERS};
 use crate::app::Dispatch;
 use crate::body::{FileBody, ResponseBody};
 
@@ -50,9 +50,10 @@ pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     dispatch: &Dispatch,
-    header_timeout: Duration,
+    limits: Limits,
     shutdown: &CancellationToken,
 ) -> Ended {
+    let header_timeout = limits.header_timeout;
     let mut buf: Vec<u8> = Vec::new();
     // One timer per connection, moved for each wait.
     let timer = tokio::time::sleep(header_timeout);
@@ -109,16 +110,11 @@ pub async fn serve(
         let res = dispatch.handle(head.request, Some(peer)).await;
         let keep_alive =
             head.keep_alive && !shutdown.is_cancelled() && !has_token(res.headers(), "close");
-        match write_response(
-            &mut stream,
-            res,
-            is_head,
-            version,
-            keep_alive,
-            buf.is_empty(),
-        )
-        .await
-        {
+        let out = Out {
+            stream: &stream,
+            stall: limits.send_timeout,
+        };
+        match write_response(out, res, is_head, version, keep_alive, buf.is_empty()).await {
             Ok(true) if keep_alive => {}
             _ => {
                 let _ = stream.shutdown().await;
@@ -246,7 +242,7 @@ enum Framing {
 /// `watch_close` says whether the socket may be read while a streamed body waits: a
 /// client that hangs up then ends the stream at once.
 async fn write_response(
-    stream: &mut TcpStream,
+    out: Out<'_>,
     res: Response<ResponseBody>,
     is_head: bool,
     version: Version,
@@ -274,17 +270,17 @@ async fn write_response(
     // A stream may stay open for hours: it keeps nothing of the response but its body.
     drop(parts);
     if framing == Framing::None {
-        stream.write_all(&head).await?;
+        out.write(&mut [&head]).await?;
         return Ok(true);
     }
     match body {
-        ResponseBody::Full(None) => stream.write_all(&head).await?,
-        ResponseBody::Full(Some(bytes)) => write_all(stream, &mut [&head[..], &bytes[..]]).await?,
-        ResponseBody::File(file) => send_file(stream, &head, &file).await?,
+        ResponseBody::Full(None) => out.write(&mut [&head]).await?,
+        ResponseBody::Full(Some(bytes)) => out.write(&mut [&head[..], &bytes[..]]).await?,
+        ResponseBody::File(file) => out.send_file(&head, &file).await?,
         ResponseBody::Router(body) => {
-            stream.write_all(&head).await?;
+            out.write(&mut [&head]).await?;
             drop(head);
-            return write_streamed(stream, body, framing, watch_close).await;
+            return write_streamed(out, body, framing, watch_close).await;
         }
     }
     Ok(true)
@@ -365,54 +361,80 @@ fn http_date(out: &mut Vec<u8>) {
     });
 }
 
-/// Writes every byte of `parts`, in as few `writev`s as the socket allows.
-async fn write_all(stream: &mut TcpStream, parts: &mut [&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-    let mut slices = &mut slices[..];
-    while !slices.is_empty() {
-        let n = stream.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut slices, n);
-    }
-    Ok(())
+/// The socket a response is written to. Every write is tried at once; only a full
+/// socket waits, and it may wait `stall` for room before the response is given up
+/// (a client that stops reading holds a connection no longer than that).
+#[derive(Clone, Copy)]
+struct Out<'a> {
+    stream: &'a TcpStream,
+    stall: Duration,
 }
 
-/// The head, held back (`MSG_MORE`) so it leaves in one segment with the file's first
-/// bytes, then the file by `sendfile`: from the page cache to the socket, no copy.
-async fn send_file(stream: &TcpStream, head: &[u8], file: &FileBody) -> io::Result<()> {
-    let mut sent = 0;
-    while sent < head.len() {
-        sent += stream
-            .async_io(Interest::WRITABLE, || {
-                rustix::net::send(stream, &head[sent..], rustix::net::SendFlags::MORE)
-                    .map_err(io::Error::from)
-            })
-            .await?;
-    }
-    let mut offset = file.offset;
-    let end = file.offset + file.len;
-    while offset < end {
-        let count = usize::try_from(end - offset).unwrap_or(usize::MAX);
-        let n = stream
-            .async_io(Interest::WRITABLE, || {
-                rustix::fs::sendfile(stream, &*file.file, Some(&mut offset), count)
-                    .map_err(io::Error::from)
-            })
-            .await?;
-        if n == 0 {
-            // The file is shorter than its manifest says.
-            return Err(io::ErrorKind::UnexpectedEof.into());
+impl Out<'_> {
+    /// Waits until the socket takes more, at most `stall`.
+    async fn room(&self) -> io::Result<()> {
+        match tokio::time::timeout(self.stall, self.stream.writable()).await {
+            Ok(ready) => ready,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
         }
     }
-    Ok(())
+
+    /// Writes every byte of `parts`, in as few `writev`s as the socket allows.
+    async fn write(&self, parts: &mut [&[u8]]) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            match self.stream.try_write_vectored(slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.room().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The head, held back (`MSG_MORE`) so it leaves in one segment with the file's
+    /// first bytes, then the file by `sendfile`: from the page cache to the socket, no
+    /// copy.
+    async fn send_file(&self, head: &[u8], file: &FileBody) -> io::Result<()> {
+        let stream = self.stream;
+        let mut sent = 0;
+        while sent < head.len() {
+            let more = stream.try_io(Interest::WRITABLE, || {
+                rustix::net::send(stream, &head[sent..], rustix::net::SendFlags::MORE)
+                    .map_err(io::Error::from)
+            });
+            match more {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.room().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut offset = file.offset;
+        let end = file.offset + file.len;
+        while offset < end {
+            let count = usize::try_from(end - offset).unwrap_or(usize::MAX);
+            let sent = stream.try_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(stream, &*file.file, Some(&mut offset), count)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                // The file is shorter than its manifest says.
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.room().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Writes a body that arrives in frames (the dashboard's responses, the log stream),
 /// each frame as soon as it comes.
 async fn write_streamed(
-    stream: &mut TcpStream,
+    out: Out<'_>,
     mut body: axum::body::Body,
     framing: Framing,
     mut watch_close: bool,
@@ -422,7 +444,7 @@ async fn write_streamed(
         let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
         let frame = tokio::select! {
             frame = frame => frame,
-            peeked = stream.peek(&mut probe), if watch_close => match peeked {
+            peeked = out.stream.peek(&mut probe), if watch_close => match peeked {
                 // The client hung up: the stream ends here.
                 Ok(0) | Err(_) => return Ok(false),
                 // A pipelined request: it waits in the socket for its turn.
@@ -445,13 +467,13 @@ async fn write_streamed(
         };
         if framing == Framing::Chunked {
             let size = format!("{:x}\r\n", data.len());
-            write_all(stream, &mut [size.as_bytes(), &data, b"\r\n"]).await?;
+            out.write(&mut [size.as_bytes(), &data, b"\r\n"]).await?;
         } else {
-            stream.write_all(&data).await?;
+            out.write(&mut [&data]).await?;
         }
     }
     if framing == Framing::Chunked {
-        stream.write_all(b"0\r\n\r\n").await?;
+        out.write(&mut [b"0\r\n\r\n"]).await?;
     }
     Ok(framing != Framing::Close)
 }

@@ -5,6 +5,8 @@
 //! on shutdown.
 //!
 //! - a client has `proxy.header_timeout_secs` to send its request head (slowloris);
+//! - a response of the HTTP/1 loop that makes no progress for `proxy.send_timeout_secs`
+//!   (a client that stops reading) is abandoned and its connection closed;
 //! - at most 100 headers and 64 KiB of head per request;
 //! - at most `proxy.max_connections` connections: past it a new connection gets a
 //!   short 503 and is closed, instead of queueing without bound.
@@ -32,6 +34,7 @@ use crate::app::Dispatch;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub header_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_connections: usize,
 }
 
@@ -76,8 +79,7 @@ pub async fn serve(
         };
         let (dispatch, hyper, shutdown) = (dispatch.clone(), hyper.clone(), shutdown.clone());
         connections.spawn(async move {
-            let ended =
-                http1::serve(stream, peer, &dispatch, limits.header_timeout, &shutdown).await;
+            let ended = http1::serve(stream, peer, &dispatch, limits, &shutdown).await;
             if let http1::Ended::Handoff(stream) = ended {
                 // Boxed: hyper's connection state is large, and only these carry it.
                 Box::pin(serve_hyper(&hyper, stream, peer, dispatch, &shutdown)).await;
