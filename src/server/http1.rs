@@ -98,18 +98,25 @@ pub async fn serve(
                 },
             }
         };
+        let Head {
+            request,
+            consumed,
+            keep_alive,
+        } = head;
         // What follows the head is the next pipelined request; an empty buffer is freed,
         // so an idle connection holds no memory for reading.
-        if head.consumed == buf.len() {
+        if consumed == buf.len() {
             buf = Vec::new();
         } else {
-            buf.drain(..head.consumed);
+            buf.drain(..consumed);
         }
-        let is_head = head.request.method() == Method::HEAD;
-        let version = head.request.version();
-        let res = dispatch.handle(head.request, Some(peer)).await;
+        let is_head = request.method() == Method::HEAD;
+        let version = request.version();
+        // Boxed: the handler's future lives only while it runs, and a connection that
+        // waits (idle, or streaming a log) does not keep room for it.
+        let res = Box::pin(dispatch.handle(request, Some(peer))).await;
         let keep_alive =
-            head.keep_alive && !shutdown.is_cancelled() && !has_token(res.headers(), "close");
+            keep_alive && !shutdown.is_cancelled() && !has_token(res.headers(), "close");
         let out = Out {
             stream: &stream,
             stall: limits.send_timeout,
@@ -276,11 +283,13 @@ async fn write_response(
     match body {
         ResponseBody::Full(None) => out.write(&mut [&head]).await?,
         ResponseBody::Full(Some(bytes)) => out.write(&mut [&head[..], &bytes[..]]).await?,
-        ResponseBody::File(file) => out.send_file(&head, &file).await?,
+        // Boxed, these two: a connection's future stays the size that a small file
+        // needs, which is what an idle connection keeps.
+        ResponseBody::File(file) => Box::pin(out.send_file(&head, &file)).await?,
         ResponseBody::Router(body) => {
             out.write(&mut [&head]).await?;
             drop(head);
-            return write_streamed(out, body, framing, watch_close).await;
+            return Box::pin(write_streamed(out, body, framing, watch_close)).await;
         }
     }
     Ok(true)
