@@ -110,7 +110,7 @@ impl AppState {
             .context("loading the route table")?;
         let site_cache = Arc::new(SiteCache::new(
             config.proxy.cache_mb * 1024 * 1024,
-            config.storage.url.strip_prefix("file://"),
+            crate::storage::local_dir(&config.storage.url),
         )?);
         let metrics = Arc::new(Metrics::default());
         metrics.routes.set(routes.len() as i64);

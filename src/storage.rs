@@ -18,7 +18,7 @@ use object_store::prefix::PrefixStore;
 /// or `s3://bucket/prefix` with credentials and region from the usual `AWS_*`
 /// environment variables (`AWS_ENDPOINT` for S3-compatible services).
 pub fn open(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    if let Some(dir) = url.strip_prefix("file://") {
+    if let Some(dir) = local_dir(url) {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("storage.url: cannot create {dir}: {e}"))?;
         return Ok(Arc::new(LocalFileSystem::new_with_prefix(dir)?));
@@ -36,6 +36,11 @@ pub fn open(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
         return Ok(Arc::new(PrefixStore::new(s3, prefix)));
     }
     anyhow::bail!("storage.url: unsupported scheme in {url}")
+}
+
+/// The directory of a `file://` store; `None` for a remote or in-memory one.
+pub fn local_dir(url: &str) -> Option<&str> {
+    url.strip_prefix("file://")
 }
 
 /// Where a deployment's files live in the store.

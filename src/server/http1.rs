@@ -12,7 +12,7 @@
 //! with at most [`MAX_HEADERS`] headers in [`MAX_HEAD_BYTES`].
 
 use std::cell::RefCell;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -475,8 +475,14 @@ async fn write_streamed(
             },
         };
         if framing == Framing::Chunked {
-            let size = format!("{:x}\r\n", data.len());
-            out.write(&mut [size.as_bytes(), &data, b"\r\n"]).await?;
+            // The chunk's size line, written on the stack: no allocation per log line.
+            let mut size = [0u8; 20];
+            let n = {
+                let mut line = &mut size[..];
+                let _ = write!(line, "{:x}\r\n", data.len());
+                20 - line.len()
+            };
+            out.write(&mut [&size[..n], &data, b"\r\n"]).await?;
         } else {
             out.write(&mut [&data]).await?;
         }
