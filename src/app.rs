@@ -69,6 +69,8 @@ pub struct Shared {
     pub queue_wakeup: Arc<Notify>,
     /// The scheme and port part of every URL handed out (`http://`, `:8080`).
     url_parts: Arc<(String, String)>,
+    /// Names this process on the bus, so it can tell its own events from others'.
+    pub instance: String,
 }
 
 impl AppState {
@@ -126,6 +128,7 @@ impl AppState {
             login_limiter: Arc::new(LoginLimiter::default()),
             queue_wakeup: Arc::new(Notify::new()),
             url_parts,
+            instance: uuid::Uuid::new_v4().simple().to_string(),
         })))
     }
 
@@ -136,18 +139,24 @@ impl AppState {
     }
 
     /// Called after a write to the domains table: brings this process's route table up
-    /// to date and tells the others.
+    /// to date and tells the others (which reload theirs; this one has).
     pub async fn routes_changed(&self) {
         self.reload_routes().await;
-        self.bus.publish_system(SystemEvent::RoutesChanged);
+        self.bus.publish_system(SystemEvent::RoutesChanged {
+            by: self.instance.clone(),
+        });
     }
 
     /// Reloads the route table and forgets cached files of deployments it dropped.
     pub async fn reload_routes(&self) {
+        let started = std::time::Instant::now();
         match self.routes.reload(&self.db).await {
             Ok(gone) => {
                 self.site_cache.forget(&gone);
                 self.metrics.routes.set(self.routes.len() as i64);
+                let took = started.elapsed();
+                self.metrics.route_reload.observe(took.as_secs_f64());
+                tracing::debug!(routes = self.routes.len(), ?took, "route table reloaded");
             }
             Err(e) => {
                 tracing::error!(error = %e, "route table reload failed; the periodic reload will retry");

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub site_requests: Counter,
     /// Hostnames in the route table.
     pub routes: Gauge,
+    /// Time to rebuild the route table from the domains table.
+    pub route_reload: Histogram,
 }
 
 impl Default for Metrics {
@@ -64,12 +66,19 @@ impl Default for Metrics {
         );
         let routes = Gauge::default();
         registry.register("routes", "Hostnames in the route table", routes.clone());
+        let route_reload = latency_histogram();
+        registry.register(
+            "route_reload_duration_seconds",
+            "Time to rebuild the route table from the domains table",
+            route_reload.clone(),
+        );
         Metrics {
             registry,
             http_requests,
             http_duration,
             site_requests,
             routes,
+            route_reload,
         }
     }
 }

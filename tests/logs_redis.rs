@@ -1,6 +1,7 @@
 //! The Redis log bus across processes: a build run by one server is streamed live by
-//! another that runs no builds, over a real Redis and a shared PostgreSQL; and a Redis
-//! that goes away in the middle of a build loses nothing.
+//! another that runs no builds, over a real Redis and a shared PostgreSQL; a route
+//! change made by one reaches the other's route table at once; and a Redis that goes
+//! away in the middle of a build loses nothing.
 
 mod common;
 
@@ -114,8 +115,11 @@ async fn pair(redis_port: u16) -> (TestServer, TestServer) {
         }
     })
     .await;
+    // The watcher serves what the builder stores: one database, one object store.
+    let storage_url = builder.state.config.storage.url.clone();
     let watcher = TestServer::start_with(Backend::Sqlite, move |c| {
         c.database.url = db;
+        c.storage.url = storage_url;
         c.logs.bus = LogBusKind::Redis;
         c.logs.redis_url = redis_url;
     })
@@ -136,6 +140,44 @@ async fn project(srv: &TestServer, token: &str, command: &str) {
         }),
     )
     .await;
+}
+
+/// Deploys the project on `srv` and waits until the deployment is ready; returns its id.
+async fn deploy(srv: &TestServer, token: &str) -> String {
+    let (_, d) = srv
+        .call(
+            Method::POST,
+            "/api/v1/projects/relay/deployments",
+            Some(token),
+            None,
+        )
+        .await;
+    let id = d["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_finished(srv, token, &id, 60).await["status"], "ready");
+    id
+}
+
+/// Waits until `srv` serves `want` on the project's production hostname. The periodic
+/// reload is 30 s away, so only the route-change event can make this happen in 5 s.
+async fn serves_soon(srv: &TestServer, want: &str) -> Duration {
+    let host = format!("relay.{}", common::BASE);
+    let started = Instant::now();
+    loop {
+        let resp = srv
+            .request_host(Method::GET, &host, "/")
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = (resp.status(), resp.text().await.unwrap());
+        if status == 200 && body == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the other process still answers {status} {body:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn median(mut v: Vec<i64>) -> i64 {
@@ -180,6 +222,38 @@ async fn a_second_process_streams_live_through_redis() {
     assert!(
         median(ticks.clone()) < 100,
         "live through Redis, not by polling: delays {ticks:?}"
+    );
+    builder.stop().await;
+    watcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn route_changes_reach_the_other_process_through_redis() {
+    let redis = Redis::start(common::free_port());
+    let (builder, watcher) = pair(redis.port).await;
+    let token = builder.signup("a@example.com").await;
+    project(&builder, &token, "true").await;
+    let first = deploy(&builder, &token).await;
+    serves_soon(&watcher, "x").await;
+
+    let repo = git2::Repository::open(builder.data_dir().join("repo")).unwrap();
+    fixtures::commit(&repo, &[("index.html", "second")], "Second");
+    deploy(&builder, &token).await;
+    serves_soon(&watcher, "second").await;
+
+    let (status, _) = builder
+        .call(
+            Method::POST,
+            "/api/v1/projects/relay/promote",
+            Some(&token),
+            Some(json!({ "deployment_id": first })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let took = serves_soon(&watcher, "x").await;
+    assert!(
+        took < Duration::from_secs(1),
+        "a promote reaches the other process at once, not after {took:?}"
     );
     builder.stop().await;
     watcher.stop().await;

@@ -141,7 +141,7 @@ impl Builder {
                         }
                     }
                     Some(SystemEvent::Queued) => self.state.queue_wakeup.notify_waiters(),
-                    Some(SystemEvent::RoutesChanged) => {}
+                    Some(SystemEvent::RoutesChanged { .. }) => {}
                     None => break,
                 }
             }

@@ -146,8 +146,12 @@ impl From<WireEvent> for DeploymentEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SystemEvent {
-    /// The domains table changed: reload the route table.
-    RoutesChanged,
+    /// The domains table changed: reload the route table. `by` is the instance that
+    /// changed it and has reloaded already (empty from a process that does not say).
+    RoutesChanged {
+        #[serde(default)]
+        by: String,
+    },
     /// A deployment was queued: idle workers may claim it.
     Queued,
     /// A deployment was canceled: its worker stops the build.

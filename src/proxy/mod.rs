@@ -49,8 +49,8 @@ pub async fn site(
     }
 }
 
-/// Keeps the route table current: reloads on every route-change event from the bus
-/// (other processes) and every 30 s whatever happens.
+/// Keeps the route table current: reloads on every route-change event from another
+/// process (this one reloads as it changes the table) and every 30 s whatever happens.
 pub async fn watch_routes(state: AppState, shutdown: CancellationToken) {
     let mut events = state.bus.subscribe_system().await.ok();
     let mut tick = tokio::time::interval(RELOAD_EVERY);
@@ -64,7 +64,7 @@ pub async fn watch_routes(state: AppState, shutdown: CancellationToken) {
                     None => std::future::pending().await,
                 }
             } => match e {
-                Some(SystemEvent::RoutesChanged) => true,
+                Some(SystemEvent::RoutesChanged { by }) => by != state.instance,
                 Some(_) => false,
                 None => {
                     events = state.bus.subscribe_system().await.ok();

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
+use sea_orm::{DatabaseConnection, DbErr, EntityTrait, QuerySelect};
 
 use crate::db::domains::DomainKind;
 use crate::db::{domain, project};
@@ -28,7 +28,7 @@ pub struct Route {
 
 #[derive(Default)]
 pub struct RouteTable {
-    routes: ArcSwap<HashMap<String, Route>>,
+    routes: ArcSwap<HashMap<Box<str>, Route>>,
 }
 
 impl RouteTable {
@@ -47,31 +47,53 @@ impl RouteTable {
 
     /// Replaces the table with the domains table as it is now; returns the deployments
     /// that no hostname serves any more.
+    ///
+    /// Reads only the columns a route needs (no timestamps to parse), and keeps one
+    /// copy of each deployment id however many hostnames serve it.
     pub async fn reload(&self, db: &DatabaseConnection) -> Result<Vec<Arc<str>>, DbErr> {
         let spa: HashMap<i32, bool> = project::Entity::find()
+            .select_only()
+            .columns([project::Column::Id, project::Column::Spa])
+            .into_tuple::<(i32, bool)>()
             .all(db)
             .await?
             .into_iter()
-            .map(|p| (p.id, p.spa))
             .collect();
-        let rows = domain::Entity::find().all(db).await?;
-        let map: HashMap<String, Route> = rows
-            .into_iter()
-            .map(|d| {
-                let route = Route {
-                    deployment_id: Arc::from(d.deployment_id.as_str()),
-                    project_id: d.project_id,
-                    spa: spa.get(&d.project_id).copied().unwrap_or(false),
-                    immutable: d.kind == DomainKind::Deployment.as_str(),
-                };
-                (d.hostname, route)
-            })
-            .collect();
-        let live: HashSet<&str> = map.values().map(|r| &*r.deployment_id).collect();
-        let old = self.routes.load();
-        let mut gone: Vec<Arc<str>> = old
+        let rows: Vec<(String, i32, String, String)> = domain::Entity::find()
+            .select_only()
+            .columns([
+                domain::Column::Hostname,
+                domain::Column::ProjectId,
+                domain::Column::DeploymentId,
+                domain::Column::Kind,
+            ])
+            .into_tuple()
+            .all(db)
+            .await?;
+        let mut ids: HashSet<Arc<str>> = HashSet::new();
+        let mut map = HashMap::with_capacity(rows.len());
+        for (hostname, project_id, deployment_id, kind) in rows {
+            let deployment_id = match ids.get(deployment_id.as_str()) {
+                Some(id) => id.clone(),
+                None => {
+                    let id: Arc<str> = Arc::from(deployment_id);
+                    ids.insert(id.clone());
+                    id
+                }
+            };
+            let route = Route {
+                deployment_id,
+                project_id,
+                spa: spa.get(&project_id).copied().unwrap_or(false),
+                immutable: kind == DomainKind::Deployment.as_str(),
+            };
+            map.insert(hostname.into_boxed_str(), route);
+        }
+        let mut gone: Vec<Arc<str>> = self
+            .routes
+            .load()
             .values()
-            .filter(|r| !live.contains(&*r.deployment_id))
+            .filter(|r| !ids.contains(&*r.deployment_id))
             .map(|r| r.deployment_id.clone())
             .collect();
         gone.sort();
