@@ -595,12 +595,21 @@ async fn rollback_under_load_never_fails_a_request() {
         (404, Some("not_found"))
     );
 
-    // Deleting the project takes its hostnames with it.
+    // Deleting the project takes its hostnames with it, and its cached files.
+    assert!(
+        srv.state.site_cache.weighted_size() > 0,
+        "served files are in the hot-object cache"
+    );
     srv.call(Method::DELETE, "/api/v1/projects/live", Some(&t), None)
         .await;
     let r = get(&srv, "live", "/").await;
     assert_eq!(r.status(), 404);
     assert!(r.text().await.unwrap().contains("no deployment here"));
+    assert_eq!(
+        srv.state.site_cache.weighted_size(),
+        0,
+        "a deleted deployment's files are dropped from the cache"
+    );
     srv.stop().await;
 }
 
