@@ -235,7 +235,11 @@ async fn node_projects_are_detected_and_built() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_end_with_a_clear_message() {
-    let srv = builder_server(|c| c.builder.timeout_secs = 4).await;
+    let srv = builder_server(|c| {
+        c.builder.timeout_secs = 4;
+        c.builder.memory_mb = 32;
+    })
+    .await;
     let src = tempfile::tempdir().unwrap();
     let repo = fixtures::repo(src.path(), &[("index.html", "x")]);
     let cases = [
@@ -263,6 +267,12 @@ async fn failures_end_with_a_clear_message() {
             "noimage",
             json!({"build_command": "true", "image": "scalemesh-test/absent:1"}),
             "image scalemesh-test/absent:1 is not available",
+        ),
+        (
+            "hungry",
+            // The shell holds 200 MB in a variable: more than the container may have.
+            json!({"build_command": "x=$(yes | head -c 200000000); echo ${#x}"}),
+            "build command ran out of memory (builder.memory_mb = 32) and was killed",
         ),
     ];
     let mut token = String::new();

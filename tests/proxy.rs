@@ -76,6 +76,44 @@ async fn get(srv: &TestServer, label: &str, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// HTTP/2 in clear text (prior knowledge, as a proxy in front would speak it) routes by
+/// `:authority`: a site, a clean URL, a host that serves nothing and the dashboard,
+/// all on one connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_routes_by_authority() {
+    use http_body_util::{BodyExt, Empty};
+    let srv = server(|_| {}).await;
+    let t = srv.signup("h2@example.com").await;
+    publish(&srv, &t, "two", &site_files("v2"), json!({})).await;
+
+    let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("the listener speaks HTTP/2 with prior knowledge");
+    tokio::spawn(conn);
+    let cases = [
+        (host("two"), "/", 200, "<h1>home v2</h1>"),
+        (host("TWO"), "/docs", 200, "<h1>docs</h1>"),
+        (host("nothing"), "/", 404, "no deployment here"),
+        (common::BASE.to_string(), "/healthz", 200, ""),
+    ];
+    for (authority, path, status, body) in cases {
+        let req = hyper::Request::get(format!("http://{authority}{path}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        assert_eq!(resp.status(), status, "{authority}{path}");
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.contains(body), "{authority}{path}: {got}");
+    }
+    srv.stop().await;
+}
+
 /// Sends raw bytes and reads the whole answer (the server closes or times out).
 fn raw(srv: &TestServer, request: &[u8]) -> String {
     let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
