@@ -34,18 +34,6 @@ async fn project(srv: &TestServer, token: &str, name: &str, command: &str) {
     .await;
 }
 
-async fn deploy(srv: &TestServer, token: &str, name: &str) -> String {
-    let (_, d) = srv
-        .call(
-            Method::POST,
-            &format!("/api/v1/projects/{name}/deployments"),
-            Some(token),
-            None,
-        )
-        .await;
-    d["id"].as_str().unwrap().to_string()
-}
-
 /// One parsed SSE event.
 #[derive(Debug, Clone)]
 struct Sse {
@@ -117,7 +105,7 @@ async fn concurrent_builds_keep_gapless_ordered_logs() {
     }
     let mut ids = Vec::new();
     for name in ["one", "two", "three"] {
-        ids.push(deploy(&srv, &token, name).await);
+        ids.push(srv.queue_deployment(&token, name).await);
     }
     for id in &ids {
         let d = wait_finished(&srv, &token, id, 120).await;
@@ -160,7 +148,7 @@ async fn a_client_connected_before_the_build_sees_every_line_then_end() {
         "for i in $(seq 1 40); do echo line $i; sleep 0.02; done",
     )
     .await;
-    let id = deploy(&srv, &token, "live").await;
+    let id = srv.queue_deployment(&token, "live").await;
     let events = read_sse(stream_request(&srv, &token, &id).send().await.unwrap()).await;
     let stored = stored_log(&srv, &id).await;
     let streamed: Vec<(i64, String)> = events
@@ -203,7 +191,7 @@ async fn resume_from_the_middle_without_gap_or_duplicate() {
         "for i in $(seq 1 60); do echo n$i; sleep 0.01; done",
     )
     .await;
-    let id = deploy(&srv, &token, "resume").await;
+    let id = srv.queue_deployment(&token, "resume").await;
     // Read part of it live, drop the connection, and come back with Last-Event-ID.
     let resp = stream_request(&srv, &token, &id).send().await.unwrap();
     let mut body = resp.bytes_stream();
@@ -288,7 +276,7 @@ async fn control_sequences_html_cut_and_cap() {
     let token = srv.signup("a@example.com").await;
     project(&srv, &token, "ansi",
         r"printf '\033[31mred\033[0m \033]0;title\007<b>bold</b>\033[2K\n'; printf '10%%\r50%%\r100%%\n'; head -c 20000 /dev/zero | tr '\0' a; echo; seq 1 100").await;
-    let id = deploy(&srv, &token, "ansi").await;
+    let id = srv.queue_deployment(&token, "ansi").await;
     assert_eq!(
         wait_finished(&srv, &token, &id, 60).await["status"],
         "ready"
@@ -345,7 +333,7 @@ async fn a_stream_of_a_canceled_build_ends_after_its_last_line() {
         "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done",
     )
     .await;
-    let id = deploy(&srv, &token, "stopped").await;
+    let id = srv.queue_deployment(&token, "stopped").await;
     let stream = tokio::spawn(read_sse(
         stream_request(&srv, &token, &id).send().await.unwrap(),
     ));

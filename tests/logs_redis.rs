@@ -144,15 +144,7 @@ async fn project(srv: &TestServer, token: &str, command: &str) {
 
 /// Deploys the project on `srv` and waits until the deployment is ready; returns its id.
 async fn deploy(srv: &TestServer, token: &str) -> String {
-    let (_, d) = srv
-        .call(
-            Method::POST,
-            "/api/v1/projects/relay/deployments",
-            Some(token),
-            None,
-        )
-        .await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = srv.queue_deployment(token, "relay").await;
     assert_eq!(wait_finished(srv, token, &id, 60).await["status"], "ready");
     id
 }
@@ -196,15 +188,7 @@ async fn a_second_process_streams_live_through_redis() {
         "for i in $(seq 1 40); do echo tick $i; sleep 0.05; done",
     )
     .await;
-    let (_, d) = builder
-        .call(
-            Method::POST,
-            "/api/v1/projects/relay/deployments",
-            Some(&token),
-            None,
-        )
-        .await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = builder.queue_deployment(&token, "relay").await;
     let (lines, end) = stream(&watcher, &token, &id).await;
     assert_eq!(end, json!({"status": "ready"}));
     let stored = stored_log(&builder, &id).await;
@@ -271,15 +255,7 @@ async fn redis_going_away_mid_build_loses_nothing() {
         "for i in $(seq 1 60); do echo tick $i; sleep 0.05; done",
     )
     .await;
-    let (_, d) = builder
-        .call(
-            Method::POST,
-            "/api/v1/projects/relay/deployments",
-            Some(&token),
-            None,
-        )
-        .await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = builder.queue_deployment(&token, "relay").await;
     let watching = {
         let (watcher, token, id) = (&watcher, token.clone(), id.clone());
         async move { stream(watcher, &token, &id).await }
@@ -318,15 +294,7 @@ async fn redis_going_away_mid_build_loses_nothing() {
 
     // Once Redis is back, lines are relayed live again.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let (_, d) = builder
-        .call(
-            Method::POST,
-            "/api/v1/projects/relay/deployments",
-            Some(&token),
-            None,
-        )
-        .await;
-    let id2 = d["id"].as_str().unwrap().to_string();
+    let id2 = builder.queue_deployment(&token, "relay").await;
     let (lines, end) = stream(&watcher, &token, &id2).await;
     assert_eq!(end, json!({"status": "ready"}));
     let ticks: Vec<i64> = lines

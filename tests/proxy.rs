@@ -52,15 +52,8 @@ async fn publish(
 }
 
 async fn redeploy(srv: &TestServer, token: &str, name: &str) -> Value {
-    let (_, d) = srv
-        .call(
-            Method::POST,
-            &format!("/api/v1/projects/{name}/deployments"),
-            Some(token),
-            None,
-        )
-        .await;
-    let done = wait_finished(srv, token, d["id"].as_str().unwrap(), 60).await;
+    let id = srv.queue_deployment(token, name).await;
+    let done = wait_finished(srv, token, &id, 60).await;
     assert_eq!(done["status"], "ready", "{done}");
     done
 }

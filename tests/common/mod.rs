@@ -173,6 +173,20 @@ impl TestServer {
         project
     }
 
+    /// Queues a deployment of `project`'s production branch; returns its id.
+    pub async fn queue_deployment(&self, token: &str, project: &str) -> String {
+        let (status, d) = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/projects/{project}/deployments"),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "queue a deployment of {project}: {d}");
+        d["id"].as_str().unwrap().to_string()
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
