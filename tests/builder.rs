@@ -270,8 +270,8 @@ async fn failures_end_with_a_clear_message() {
         ),
         (
             "hungry",
-            // The shell holds 200 MB in a variable: more than the container may have.
-            json!({"build_command": "x=$(yes | head -c 200000000); echo ${#x}"}),
+            // dd fills a 200 MB buffer at once: more than the container may have.
+            json!({"build_command": "dd if=/dev/zero of=/dev/null bs=200M count=1"}),
             "build command ran out of memory (builder.memory_mb = 32) and was killed",
         ),
     ];
