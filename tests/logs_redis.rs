@@ -142,13 +142,6 @@ async fn project(srv: &TestServer, token: &str, command: &str) {
     .await;
 }
 
-/// Deploys the project on `srv` and waits until the deployment is ready; returns its id.
-async fn deploy(srv: &TestServer, token: &str) -> String {
-    let id = srv.queue_deployment(token, "relay").await;
-    assert_eq!(wait_finished(srv, token, &id, 60).await["status"], "ready");
-    id
-}
-
 /// Waits until `srv` serves `want` on the project's production hostname. The periodic
 /// reload is 30 s away, so only the route-change event can make this happen in 5 s.
 async fn serves_soon(srv: &TestServer, want: &str) -> Duration {
@@ -217,12 +210,12 @@ async fn route_changes_reach_the_other_process_through_redis() {
     let (builder, watcher) = pair(redis.port).await;
     let token = builder.signup("a@example.com").await;
     project(&builder, &token, "true").await;
-    let first = deploy(&builder, &token).await;
+    let first = builder.deploy_ready(&token, "relay").await["id"].clone();
     serves_soon(&watcher, "x").await;
 
     let repo = git2::Repository::open(builder.data_dir().join("repo")).unwrap();
     fixtures::commit(&repo, &[("index.html", "second")], "Second");
-    deploy(&builder, &token).await;
+    builder.deploy_ready(&token, "relay").await;
     serves_soon(&watcher, "second").await;
 
     let (status, _) = builder

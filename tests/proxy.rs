@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, fixtures, wait_finished};
+use common::{TestServer, fixtures};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -48,14 +48,7 @@ async fn publish(
         body[k] = v.clone();
     }
     srv.create_project(token, body).await;
-    redeploy(srv, token, name).await
-}
-
-async fn redeploy(srv: &TestServer, token: &str, name: &str) -> Value {
-    let id = srv.queue_deployment(token, name).await;
-    let done = wait_finished(srv, token, &id, 60).await;
-    assert_eq!(done["status"], "ready", "{done}");
-    done
+    srv.deploy_ready(token, name).await
 }
 
 fn host(label: &str) -> String {
@@ -540,7 +533,7 @@ async fn rollback_under_load_never_fails_a_request() {
     let src = srv.data_dir().join("src-live");
     let repo = git2::Repository::open(&src).unwrap();
     fixtures::commit(&repo, &[("index.html", "version two")], "v2");
-    let v2 = redeploy(&srv, &t, "live").await;
+    let v2 = srv.deploy_ready(&t, "live").await;
     assert_eq!(
         get(&srv, "live", "/").await.text().await.unwrap(),
         "version two"

@@ -388,16 +388,28 @@ impl Out<'_> {
         }
     }
 
+    /// Runs a non-blocking write, and again each time the socket has room, until the
+    /// socket takes some of it.
+    async fn retry<T>(&self, mut attempt: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        loop {
+            match attempt() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.room().await?,
+                done => return done,
+            }
+        }
+    }
+
     /// Writes every byte of `parts`, in as few `writev`s as the socket allows.
     async fn write(&self, parts: &mut [&[u8]]) -> io::Result<()> {
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let mut slices = &mut slices[..];
         while !slices.is_empty() {
-            match self.stream.try_write_vectored(slices) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.room().await?,
-                Err(e) => return Err(e),
+            match self
+                .retry(|| self.stream.try_write_vectored(slices))
+                .await?
+            {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => IoSlice::advance_slices(&mut slices, n),
             }
         }
         Ok(())
@@ -410,30 +422,30 @@ impl Out<'_> {
         let stream = self.stream;
         let mut sent = 0;
         while sent < head.len() {
-            let more = stream.try_io(Interest::WRITABLE, || {
-                rustix::net::send(stream, &head[sent..], rustix::net::SendFlags::MORE)
-                    .map_err(io::Error::from)
-            });
-            match more {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.room().await?,
-                Err(e) => return Err(e),
-            }
+            sent += self
+                .retry(|| {
+                    stream.try_io(Interest::WRITABLE, || {
+                        rustix::net::send(stream, &head[sent..], rustix::net::SendFlags::MORE)
+                            .map_err(io::Error::from)
+                    })
+                })
+                .await?;
         }
         let mut offset = file.offset;
         let end = file.offset + file.len;
         while offset < end {
             let count = usize::try_from(end - offset).unwrap_or(usize::MAX);
-            let sent = stream.try_io(Interest::WRITABLE, || {
-                rustix::fs::sendfile(stream, &*file.file, Some(&mut offset), count)
-                    .map_err(io::Error::from)
-            });
-            match sent {
+            let sent = self
+                .retry(|| {
+                    stream.try_io(Interest::WRITABLE, || {
+                        rustix::fs::sendfile(stream, &*file.file, Some(&mut offset), count)
+                            .map_err(io::Error::from)
+                    })
+                })
+                .await?;
+            if sent == 0 {
                 // The file is shorter than its manifest says.
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.room().await?,
-                Err(e) => return Err(e),
+                return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
         Ok(())

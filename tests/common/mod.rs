@@ -187,6 +187,14 @@ impl TestServer {
         d["id"].as_str().unwrap().to_string()
     }
 
+    /// Deploys `project` and waits until the deployment is ready; returns it.
+    pub async fn deploy_ready(&self, token: &str, project: &str) -> Value {
+        let id = self.queue_deployment(token, project).await;
+        let done = wait_finished(self, token, &id, 60).await;
+        assert_eq!(done["status"], "ready", "{done}");
+        done
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
